@@ -1,0 +1,112 @@
+"""The one error shape: every failure on every path answers JSON `{"error": "..."}`.
+
+Domain code raises `GridError` subclasses; DRF views route them through `handle_api_exception`,
+and Django-level failures (no route, crashes) go through the JSON handlers in `urls.py`.
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+
+logger = logging.getLogger(__name__)
+
+
+class GridError(Exception):
+    """A failure with a status code and a message that is safe to show the caller."""
+
+    status = 400
+
+    def __init__(self, message: str, *, status: int | None = None, **fields):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        # Endpoint-specific keys that the contract puts beside "error" (e.g. "success": false).
+        self.fields = fields
+
+    def response(self) -> JsonResponse:
+        return error_response(self.message, status_code=self.status, **self.fields)
+
+
+class BadRequest(GridError):
+    status = 400
+
+
+class Forbidden(GridError):
+    status = 403
+
+
+class NotFound(GridError):
+    status = 404
+
+
+class Conflict(GridError):
+    status = 409
+
+
+class PayloadTooLarge(GridError):
+    status = 413
+
+
+def error_response(message: str, *, status_code: int, **fields) -> JsonResponse:
+    """A JSON error body: the fields the contract asks for, then the message under "error"."""
+    return JsonResponse({**fields, "error": message}, status=status_code)
+
+
+def _drf_message(exc: drf_exceptions.APIException) -> str:
+    if isinstance(exc, drf_exceptions.ParseError):
+        # DRF's parse messages can quote the body; never echo the caller's payload.
+        return "The request body could not be parsed as its Content-Type says."
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        return "Unsupported Content-Type: send application/json, multipart/form-data or a form."
+    detail = exc.detail
+    if isinstance(detail, list | dict):
+        return "Invalid request."
+    return str(detail)
+
+
+def handle_api_exception(exc: Exception, context: dict) -> JsonResponse | None:
+    """DRF's exception handler: map every known failure to the one error shape."""
+    if isinstance(exc, GridError):
+        return exc.response()
+    if isinstance(exc, RequestDataTooBig):
+        return error_response("The request body is larger than this node accepts.", status_code=413)
+    if isinstance(exc, drf_exceptions.APIException):
+        response = error_response(_drf_message(exc), status_code=exc.status_code)
+        if isinstance(exc, drf_exceptions.MethodNotAllowed):
+            view = context.get("view")
+            if view is not None:
+                response["Allow"] = ", ".join(view.allowed_methods)
+        return response
+    if isinstance(exc, Http404):
+        return error_response("Not found.", status_code=404)
+    if isinstance(exc, PermissionDenied):
+        return error_response("Permission denied.", status_code=403)
+    if isinstance(exc, SuspiciousOperation):
+        return error_response("Bad request.", status_code=400)
+    # Unknown failures fall through to Django, which logs them and answers with `server_error`.
+    return None
+
+
+def bad_request(request, exception=None):
+    """Django's handler400, as JSON."""
+    if isinstance(exception, RequestDataTooBig):
+        return error_response("The request body is larger than this node accepts.", status_code=413)
+    return error_response("Bad request.", status_code=400)
+
+
+def permission_denied(request, exception=None):
+    """Django's handler403, as JSON."""
+    return error_response("Permission denied.", status_code=403)
+
+
+def page_not_found(request, exception=None):
+    """Django's handler404, as JSON."""
+    return error_response("Not found.", status_code=404)
+
+
+def server_error(request):
+    """Django's handler500, as JSON."""
+    return error_response("Internal server error.", status_code=500)

@@ -1,0 +1,140 @@
+"""Settings for the grid node, every knob read from the environment (README: "Settings").
+
+With no variables at all the node runs on SQLite and local files under `var/` in the checkout;
+`DATABASE_URL=postgres://...` switches to PostgreSQL.
+"""
+
+from pathlib import Path
+
+from gridnode.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+    parse_database_url,
+    persistent_secret_key,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# One folder holds every stored file and the default database.
+DATA_DIR = env_path("GRIDNODE_DATA_DIR", BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = env_str("SECRET_KEY", "") or persistent_secret_key(DATA_DIR / "secret_key")
+DEBUG = env_bool("DEBUG", False)
+# A grid node is reached by other nodes under names it cannot know in advance.
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["*"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "models_app",
+    "datasets_app",
+    "smpc_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gridnode.urls"
+WSGI_APPLICATION = "gridnode.wsgi.application"
+# Seed paths answer with and without a trailing slash; a redirect would lose a POST body.
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": parse_database_url(env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'gridnode.sqlite3'}")),
+}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("GRIDNODE_DB_CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+# The admin's CSS and JS are served by the node itself, with or without collectstatic.
+WHITENOISE_USE_FINDERS = True
+
+# Stored archives and tensors go through Django's storage API under the data folder.
+MEDIA_ROOT = DATA_DIR / "files"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads are staged on the same file system as the storage, so storing one is a rename.
+FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
+FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+FILE_UPLOAD_PERMISSIONS = 0o640
+
+# Limits. JSON and form bodies are read into memory, so they have their own, smaller bound.
+GRIDNODE_MAX_BODY_BYTES = env_int("GRIDNODE_MAX_BODY_BYTES", 512 * 1024**2, minimum=1024)
+GRIDNODE_MAX_UPLOAD_BYTES = env_int("GRIDNODE_MAX_UPLOAD_BYTES", 4 * 1024**3, minimum=1024)
+GRIDNODE_MAX_MODEL_BYTES = env_int("GRIDNODE_MAX_MODEL_BYTES", 2 * 1024**3, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = GRIDNODE_MAX_BODY_BYTES
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+
+# How many loaded models each process keeps in memory.
+GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "gridnode.http.BoundedMultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    # Open by default, as the seed says ("Auth required: NO (can be changed)").
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "gridnode.errors.handle_api_exception",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("GRIDNODE_LOG_LEVEL", "INFO").upper()},
+}

@@ -1,0 +1,65 @@
+"""Tensors in and out of requests: `torch.save` bytes read safely, and nested JSON lists."""
+
+import io
+import math
+
+import torch
+
+from gridnode.errors import BadRequest
+
+
+def load_tensors(raw: bytes, field: str):
+    """A tensor, or a list of tensors, from `torch.save` bytes, never unpickling arbitrary objects."""
+    try:
+        value = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except Exception:
+        raise BadRequest(f"'{field}' is not a tensor saved with torch.save (or it holds other objects).") from None
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(item, torch.Tensor) for item in value):
+        return list(value)
+    raise BadRequest(f"'{field}' must hold a tensor or a list of tensors.")
+
+
+def dump_tensors(value) -> bytes:
+    """`torch.save` bytes of a tensor or a list of tensors."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def tensor_from_json(value, field: str) -> torch.Tensor:
+    """A tensor from a (nested) JSON array of numbers; ints give int64, any float gives float32."""
+    if isinstance(value, bool) or not isinstance(value, list | int | float):
+        raise BadRequest(f"'{field}' must be a (nested) JSON array of numbers.")
+    try:
+        tensor = torch.tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise BadRequest(f"'{field}' must be a rectangular (nested) JSON array of numbers.") from None
+    if tensor.dtype == torch.bool:
+        raise BadRequest(f"'{field}' must hold numbers, not booleans.")
+    return tensor
+
+
+def tensor_to_json(value):
+    """A JSON-ready form of a tensor (nested lists) or of a list/tuple of them."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        result = value.tolist()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return _finite(result)
+        return result
+    if isinstance(value, list | tuple):
+        return [tensor_to_json(item) for item in value]
+    if isinstance(value, bool | int | float):
+        return _finite(value)
+    raise TypeError(f"cannot serialize {type(value).__name__} as JSON")
+
+
+def _finite(value):
+    # JSON has no NaN or infinity; None is what JSON clients of other servers read for them.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

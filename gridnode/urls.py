@@ -1,0 +1,14 @@
+"""Mounts each app's routes and the admin; the apps own their paths."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("models_app.urls")),
+]
+
+handler400 = "gridnode.errors.bad_request"
+handler403 = "gridnode.errors.permission_denied"
+handler404 = "gridnode.errors.page_not_found"
+handler500 = "gridnode.errors.server_error"

@@ -1,0 +1,203 @@
+"""Every write and every rule about hosted models; the API views and the admin both call these."""
+
+import hashlib
+import io
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from models_app import archives
+from models_app.archives import LoadedModel
+from models_app.cache import model_cache
+from models_app.models import HostedModel
+
+CHUNK = 1024 * 1024
+NOT_ALLOWED_TO_DOWNLOAD = "You're not allowed to download this model."
+NOT_ALLOWED_TO_INFER = "You're not allowed to run inference on this model."
+_SUFFIX = {archives.JIT: ".pt", archives.PLAN: ".pt2"}
+
+
+@dataclass
+class StagedArchive:
+    """An uploaded archive on local disk, checked and loaded, not yet stored under a model id."""
+
+    path: Path
+    size: int
+    sha256: str
+    kind: str
+    loaded: LoadedModel
+    owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
+
+    def discard(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+
+
+class _StagedFile(File):
+    """A staged archive that FileSystemStorage moves into place instead of copying."""
+
+    def __init__(self, path: Path):
+        super().__init__(open(path, "rb"), name=path.name)  # noqa: SIM115 (closed by its owner's `with`)
+        self._path = path
+
+    def temporary_file_path(self) -> str:
+        return str(self._path)
+
+
+def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
+    """Check an uploaded archive (a multipart file or decoded bytes) and load it once."""
+    path, size, sha256, owned = _stage_to_disk(upload=upload, content=content)
+    try:
+        if size == 0:
+            raise BadRequest("'model' is empty.")
+        if size > settings.GRIDNODE_MAX_MODEL_BYTES:
+            raise PayloadTooLarge(
+                f"The model is larger than this node accepts ({settings.GRIDNODE_MAX_MODEL_BYTES} bytes)."
+            )
+        with open(path, "rb") as source:
+            kind = archives.detect_kind(source)
+            if model_type not in (None, "", kind):
+                raise BadRequest(f"'model_type' says {model_type!s:.8} but the archive is a {kind} archive.")
+            loaded = archives.load_archive(source, kind)
+    except BaseException:
+        if owned:
+            path.unlink(missing_ok=True)
+        raise
+    return StagedArchive(path=path, size=size, sha256=sha256, kind=kind, loaded=loaded, owned=owned)
+
+
+def _stage_to_disk(*, upload, content: bytes | None) -> tuple[Path, int, str, bool]:
+    """The archive as a file in the staging folder, hashed on the way (path, size, sha256, owned)."""
+    digest = hashlib.sha256()
+    if upload is not None and hasattr(upload, "temporary_file_path"):
+        # Django already streamed this part to disk: hash it in place, then move it into storage.
+        path = Path(upload.temporary_file_path())
+        with open(path, "rb") as source:
+            for chunk in iter(lambda: source.read(CHUNK), b""):
+                digest.update(chunk)
+        return path, path.stat().st_size, digest.hexdigest(), False
+    handle, name = tempfile.mkstemp(dir=settings.FILE_UPLOAD_TEMP_DIR, suffix=".upload")
+    size = 0
+    try:
+        with os.fdopen(handle, "wb") as target:
+            chunks = upload.chunks() if upload is not None else [content or b""]
+            for chunk in chunks:
+                digest.update(chunk)
+                target.write(chunk)
+                size += len(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), size, digest.hexdigest(), True
+
+
+def model_id_available(*, model_id: str) -> None:
+    """A 409 when the id is taken; checked early so a duplicate upload is not loaded for nothing."""
+    if HostedModel.objects.filter(model_id=model_id).exists():
+        raise Conflict(f"Model with id: {model_id} already exists.")
+
+
+def model_serve(
+    *, model_id: str, staged: StagedArchive, allow_download: bool, allow_remote_inference: bool
+) -> HostedModel:
+    """Store a staged archive under a new model id; the unique constraint settles concurrent uploads."""
+    try:
+        model_id_available(model_id=model_id)
+        with _StagedFile(staged.path) as staged_file:
+            name = default_storage.save(f"models/{uuid.uuid4().hex}{_SUFFIX[staged.kind]}", staged_file)
+    finally:
+        staged.discard()
+    hosted = HostedModel(
+        model_id=model_id,
+        kind=staged.kind,
+        archive=name,
+        size=staged.size,
+        sha256=staged.sha256,
+        allow_download=allow_download,
+        allow_remote_inference=allow_remote_inference,
+    )
+    try:
+        hosted.full_clean(validate_unique=False, validate_constraints=False)
+        with transaction.atomic():
+            hosted.save()
+    except IntegrityError:
+        default_storage.delete(name)
+        raise Conflict(f"Model with id: {model_id} already exists.") from None
+    except BaseException:
+        default_storage.delete(name)
+        raise
+    # The archive was loaded to check it: keep it, so the first inference does not load it again.
+    model_cache.put((model_id, name), staged.loaded)
+    return hosted
+
+
+def model_delete(*, model_id: str) -> None:
+    """Delete a hosted model; its archive goes once the deletion commits (see signals)."""
+    with transaction.atomic():
+        deleted, _ = HostedModel.objects.filter(model_id=model_id).delete()
+    if not deleted:
+        raise NotFound("Model not found!")
+    model_cache.discard(model_id)
+
+
+def model_ids() -> list[str]:
+    """The ids of every hosted model, oldest first."""
+    return list(HostedModel.objects.values_list("model_id", flat=True))
+
+
+def model_get(*, model_id: str) -> HostedModel:
+    """A hosted model by id, or a 404."""
+    try:
+        return HostedModel.objects.get(model_id=model_id)
+    except HostedModel.DoesNotExist:
+        raise NotFound("Model not found.") from None
+
+
+def model_for_download(*, model_id: str) -> HostedModel:
+    """A hosted model whose owner allows copies, or a 404/403."""
+    hosted = model_get(model_id=model_id)
+    if not hosted.allow_download:
+        raise Forbidden(NOT_ALLOWED_TO_DOWNLOAD)
+    return hosted
+
+
+def _seekable(stored: File) -> IO[bytes]:
+    """The plain file object behind a storage file; torch's loaders only take real buffers."""
+    inner = getattr(stored, "file", None)
+    if isinstance(inner, io.IOBase) and inner.seekable():
+        return inner
+    return io.BytesIO(stored.read())
+
+
+def model_for_inference(*, model_id: str) -> LoadedModel:
+    """The loaded model behind an id whose owner allows remote inference, or a 404/403.
+
+    One indexed query per call; the loaded model comes from this process's cache when the stored
+    archive is the one it loaded before.
+    """
+    row = HostedModel.objects.filter(model_id=model_id).values_list("archive", "kind", "allow_remote_inference").first()
+    if row is None:
+        raise NotFound("Model not found.")
+    name, kind, allowed = row
+    if not allowed:
+        raise Forbidden(NOT_ALLOWED_TO_INFER)
+    key = (model_id, name)
+    loaded = model_cache.get(key)
+    if loaded is None:
+        try:
+            with default_storage.open(name, "rb") as stored:
+                loaded = archives.load_archive(_seekable(stored), kind)
+        except FileNotFoundError:
+            # Deleted between the query and the read: as if the query had come a moment later.
+            raise NotFound("Model not found.") from None
+        model_cache.put(key, loaded)
+    return loaded

@@ -1,0 +1,82 @@
+"""Shared fixtures: storage in a temp folder, an API client, and small models built with torch."""
+
+import io
+
+import pytest
+import torch
+from rest_framework.test import APIClient
+
+from models_app.cache import model_cache
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    """Every test stores its files under its own temp folder, never in the checkout's var/."""
+    settings.MEDIA_ROOT = tmp_path / "files"
+    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "tmp"
+    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
+    model_cache.clear()
+    yield tmp_path
+    model_cache.clear()
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+class TwoInputs(torch.nn.Module):
+    """A model with two inputs and two outputs, for the multi-input paths."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return x + y, x * y
+
+
+def small_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+
+
+def jit_bytes(module: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buffer)
+    return buffer.getvalue()
+
+
+def plan_bytes(module: torch.nn.Module, example_inputs: tuple) -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(module, example_inputs), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def mlp_jit() -> bytes:
+    return jit_bytes(small_mlp())
+
+
+@pytest.fixture(scope="session")
+def mlp_plan() -> bytes:
+    return plan_bytes(small_mlp(), (torch.rand(2, 4),))
+
+
+@pytest.fixture(scope="session")
+def two_input_jit() -> bytes:
+    return jit_bytes(TwoInputs())
+
+
+@pytest.fixture(scope="session")
+def two_input_plan() -> bytes:
+    return plan_bytes(TwoInputs(), (torch.rand(3), torch.rand(3)))
+
+
+@pytest.fixture
+def serve(api):
+    """Upload a model over HTTP the way PyGrid clients did (latin-1 text in JSON); asserts success."""
+
+    def upload(model_id: str, archive: bytes, **flags):
+        body = {"model_id": model_id, "encoding": "ISO-8859-1", "model": archive.decode("latin-1"), **flags}
+        response = api.post("/serve-model", body, format="json")
+        assert response.status_code == 200, response.content
+        return response
+
+    return upload

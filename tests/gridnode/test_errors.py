@@ -1,0 +1,43 @@
+"""Every error is JSON with an "error" key: unknown paths, wrong methods, crashes."""
+
+import pytest
+from django.test import RequestFactory
+
+from gridnode.errors import server_error
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("path", ["/nothing-here", "/get_model/a/b/c", "/model/"])
+def test_unknown_paths_are_json_404s(api, path):
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "Not found."}
+
+
+def test_a_crash_is_a_json_500(api, monkeypatch):
+    from models_app import services
+
+    def explode():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(services, "model_ids", explode)
+    api.raise_request_exception = False
+    response = api.get("/models")
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "Internal server error."}
+
+
+def test_the_500_handler_answers_json():
+    response = server_error(RequestFactory().get("/"))
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+
+
+def test_wrong_methods_are_json_405s_with_allow(api):
+    response = api.get("/delete-model")
+    assert response.status_code == 405
+    assert response.json() == {"error": 'Method "GET" not allowed.'}
+    assert "POST" in response["Allow"]
