@@ -6,6 +6,8 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("models_app.urls")),
+    path("", include("datasets_app.urls")),
+    path("", include("smpc_app.urls")),
 ]
 
 handler400 = "gridnode.errors.bad_request"
