@@ -102,6 +102,11 @@ def permission_denied(request, exception=None):
     return error_response("Permission denied.", status_code=403)
 
 
+def csrf_failure(request, reason=""):
+    """Django's CSRF failure view (admin forms posted without their token), as JSON."""
+    return error_response("CSRF verification failed: reload the form and submit it again.", status_code=403)
+
+
 def page_not_found(request, exception=None):
     """Django's handler404, as JSON."""
     return error_response("Not found.", status_code=404)

@@ -52,6 +52,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "gridnode.urls"
+CSRF_FAILURE_VIEW = "gridnode.errors.csrf_failure"
 WSGI_APPLICATION = "gridnode.wsgi.application"
 # Seed paths answer with and without a trailing slash; a redirect would lose a POST body.
 APPEND_SLASH = False

@@ -28,17 +28,24 @@ def dump_tensors(value) -> bytes:
     return buffer.getvalue()
 
 
-def tensor_from_json(value, field: str) -> torch.Tensor:
-    """A tensor from a (nested) JSON array of numbers; ints give int64, any float gives float32."""
+def tensor_from_json(value, field: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor of `dtype` from a (nested) JSON array of numbers (JSON itself carries no dtype)."""
     if isinstance(value, bool) or not isinstance(value, list | int | float):
         raise BadRequest(f"'{field}' must be a (nested) JSON array of numbers.")
+    if _has_bool(value):
+        raise BadRequest(f"'{field}' must hold numbers, not booleans.")
     try:
-        tensor = torch.tensor(value)
+        tensor = torch.tensor(value, dtype=dtype)
     except (TypeError, ValueError, RuntimeError, OverflowError):
         raise BadRequest(f"'{field}' must be a rectangular (nested) JSON array of numbers.") from None
-    if tensor.dtype == torch.bool:
-        raise BadRequest(f"'{field}' must hold numbers, not booleans.")
     return tensor
+
+
+def _has_bool(value) -> bool:
+    # torch.tensor quietly turns true/false into 1/0 under a numeric dtype; look at the first leaf.
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, bool)
 
 
 def tensor_to_json(value):

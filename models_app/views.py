@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from django.http import FileResponse
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
@@ -133,18 +134,17 @@ def _inference_inputs(data, loaded: LoadedModel) -> tuple[list, str]:
             value = json.loads(value)
         except ValueError:
             raise BadRequest("'data' is neither a JSON array nor text under an 'encoding'.") from None
+    # JSON numbers carry no dtype: follow the archive's declared input dtypes (torch.export states
+    # them), else float32, what models take far more often than integers.
+    dtypes = [dtype or torch.float32 for dtype in loaded.input_dtypes]
     if loaded.input_count > 1:
         if not isinstance(value, list) or len(value) != loaded.input_count:
             raise BadRequest(
                 f"This model takes {loaded.input_count} inputs: send 'data' as a list of that many arrays."
             )
-        tensors = [tensor_from_json(item, "data") for item in value]
+        tensors = [tensor_from_json(item, "data", dtype) for item, dtype in zip(value, dtypes, strict=True)]
     else:
-        tensors = [tensor_from_json(value, "data")]
-    # JSON numbers carry no dtype; where the archive states its inputs' dtypes, follow them.
-    for index, dtype in enumerate(loaded.input_dtypes):
-        if dtype is not None and tensors[index].dtype != dtype:
-            tensors[index] = tensors[index].to(dtype)
+        tensors = [tensor_from_json(value, "data", dtypes[0] if dtypes else torch.float32)]
     return tensors, JSON
 
 

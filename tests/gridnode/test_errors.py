@@ -41,3 +41,17 @@ def test_wrong_methods_are_json_405s_with_allow(api):
     assert response.status_code == 405
     assert response.json() == {"error": 'Method "GET" not allowed.'}
     assert "POST" in response["Allow"]
+
+
+def test_a_csrf_failure_is_json():
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).post("/admin/login/", {"username": "x", "password": "y"})
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]
+
+
+def test_unknown_admin_pages_are_json_404s(admin_client):
+    response = admin_client.get("/admin/no-such-app/")
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not found."}

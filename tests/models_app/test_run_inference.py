@@ -53,13 +53,24 @@ def test_it_runs_serialized_data_and_answers_in_the_same_encoding(api, mlp_id, e
     assert torch.allclose(torch.load(io.BytesIO(out), weights_only=True), expected(), atol=1e-6)
 
 
-def test_it_casts_json_ints_to_the_dtype_a_plan_declares(api, serve, mlp_plan):
-    serve("plan", mlp_plan, allow_remote_inference=True)
+def test_it_reads_json_ints_as_floats_for_a_float_model(api, mlp_id):
     ints = [[1, 2, 3, 4], [0, 0, 1, 1]]
-    response = api.post("/model/plan", {"data": ints}, format="json")
+    response = api.post(f"/model/{mlp_id}", {"data": ints}, format="json")
 
     assert response.status_code == 200
     assert torch.allclose(torch.tensor(response.json()["prediction"]), expected(ints), atol=1e-6)
+
+
+def test_it_casts_json_data_to_the_dtype_a_plan_declares(api, serve):
+    from tests.conftest import plan_bytes
+
+    embedding = torch.nn.Embedding(10, 2)
+    serve("embed", plan_bytes(embedding, (torch.tensor([1, 2]),)), allow_remote_inference=True)
+    response = api.post("/model/embed", {"data": [3, 7]}, format="json")
+
+    assert response.status_code == 200
+    with torch.no_grad():
+        assert torch.allclose(torch.tensor(response.json()["prediction"]), embedding(torch.tensor([3, 7])))
 
 
 def test_it_accepts_a_form_body_with_a_json_array(api, mlp_id):
