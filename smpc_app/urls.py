@@ -1,3 +1,17 @@
-"""This app's routes; gridnode/urls.py mounts them at the root."""
+"""The encrypted-model paths of api.md and the seed's search, each with and without a trailing slash."""
 
-urlpatterns: list = []
+from django.urls import re_path
+
+from smpc_app.views import EncryptedModelViewSet
+
+MODEL_ID = r"(?P<model_id>[^/]+)"
+
+collection = EncryptedModelViewSet.as_view({"get": "list", "post": "create"})
+registration = EncryptedModelViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+search = EncryptedModelViewSet.as_view({"post": "search"})
+
+urlpatterns = [
+    re_path(r"^encrypted-models/?$", collection, name="encrypted-models"),
+    re_path(rf"^encrypted-models/{MODEL_ID}/?$", registration, name="encrypted-model"),
+    re_path(r"^search-encrypted-models/?$", search, name="search-encrypted-models"),
+]

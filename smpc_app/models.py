@@ -1,0 +1,123 @@
+from django.core.validators import MaxLengthValidator, RegexValidator
+from django.db import models
+
+from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
+from smpc_app.addresses import MAX_URL_LENGTH, validate_canonical_node_url
+
+DESCRIPTION_MAX_LENGTH = 10_000
+
+
+class WorkerNode(models.Model):
+    """A grid node that holds shares of encrypted models or supplies their randomness, one row per address.
+
+    Rows are shared by every registration that names the address and live as long as one does
+    (see `smpc_app.services`). The node stores the address only; it never connects to it.
+    """
+
+    url = models.CharField(
+        "URL",
+        max_length=MAX_URL_LENGTH,
+        unique=True,
+        validators=[validate_canonical_node_url],
+        help_text="The node's address, an absolute http(s) URL in canonical form.",
+    )
+    node_id = models.CharField(
+        "node id",
+        max_length=128,
+        blank=True,
+        default="",
+        validators=[RegexValidator(f"^{OBJECT_ID_RE.pattern}$", f"Node ids are {OBJECT_ID_RULE}.")],
+        help_text="The id the node goes by on the grid, when known.",
+    )
+    last_seen = models.DateTimeField(
+        null=True, blank=True, help_text="When the node was last known to be up (this node never contacts it)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["url"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(url__startswith="http://") | models.Q(url__startswith="https://"),
+                name="workernode_url_http",
+                violation_error_message="A worker node's URL is an http or https URL.",
+            ),
+            models.UniqueConstraint(
+                fields=["node_id"],
+                condition=~models.Q(node_id=""),
+                name="workernode_node_id_unique",
+                violation_error_message="Another worker node has this node id.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class EncryptedModel(models.Model):
+    """A model kept as secret shares on worker nodes, registered here so that clients can find its pieces."""
+
+    model_id = models.CharField(
+        max_length=128,
+        unique=True,
+        validators=[RegexValidator(f"^{OBJECT_ID_RE.pattern}$", f"Model ids are {OBJECT_ID_RULE}.")],
+    )
+    description = models.TextField(blank=True, default="", validators=[MaxLengthValidator(DESCRIPTION_MAX_LENGTH)])
+    nodes = models.ManyToManyField(WorkerNode, through="NodeAssignment", related_name="encrypted_models")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.model_id
+
+    def node_urls(self, role: str) -> list[str]:
+        """The URLs of this model's nodes in one role, in registration order (uses a prefetch when there is one)."""
+        assignments = sorted(self.assignments.all(), key=lambda assignment: assignment.position)
+        return [assignment.node.url for assignment in assignments if assignment.role == role]
+
+    @property
+    def worker_urls(self) -> list[str]:
+        return self.node_urls(NodeAssignment.Role.WORKER)
+
+    @property
+    def crypto_provider_urls(self) -> list[str]:
+        return self.node_urls(NodeAssignment.Role.CRYPTO_PROVIDER)
+
+
+class NodeAssignment(models.Model):
+    """One node's part in one registration: a worker holding a share, or a crypto provider, at a position."""
+
+    class Role(models.TextChoices):
+        WORKER = "worker", "Worker"
+        CRYPTO_PROVIDER = "crypto_provider", "Crypto provider"
+
+    registration = models.ForeignKey(EncryptedModel, on_delete=models.CASCADE, related_name="assignments")
+    # PROTECT: a node in use is taken out of its registrations first, never deleted from under them.
+    node = models.ForeignKey(WorkerNode, on_delete=models.PROTECT, related_name="assignments")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.WORKER)
+    position = models.PositiveSmallIntegerField(help_text="Order among the nodes of the same role, from 0.")
+
+    class Meta:
+        ordering = ["registration_id", "role", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["registration", "role", "position"],
+                name="nodeassignment_role_position_unique",
+                violation_error_message="Two nodes of one role share a position.",
+            ),
+            # One row per node and registration, so a node is never both worker and provider of one model.
+            models.UniqueConstraint(
+                fields=["registration", "node"],
+                name="nodeassignment_node_once",
+                violation_error_message="A node appears once per model, as a worker or as the crypto provider.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(role__in=["worker", "crypto_provider"]), name="nodeassignment_role_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()} {self.position}"
