@@ -45,7 +45,10 @@ def normalize_node_url(value, field: str) -> str:
         raise BadRequest(f"'{field}' must not have a fragment (#...).")
     if "?" in text:
         raise BadRequest(f"'{field}' must not have a query string (?...).")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unbalanced or invalid [IPv6] host
+        raise invalid from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not text[len(scheme) :].startswith("://"):
         raise invalid
