@@ -118,13 +118,16 @@ GRIDNODE_MAX_TAGS_PER_DATASET = env_int("GRIDNODE_MAX_TAGS_PER_DATASET", 100, mi
 DATA_UPLOAD_MAX_MEMORY_SIZE = GRIDNODE_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 
+# Threads torch may use per process for one inference; 0 leaves torch's default (one per core).
+GRIDNODE_TORCH_THREADS = env_int("GRIDNODE_TORCH_THREADS", 0)
+
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["gridnode.http.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "gridnode.http.FastJSONParser",
         "gridnode.http.BoundedMultiPartParser",
         "rest_framework.parsers.FormParser",
     ],

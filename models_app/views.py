@@ -11,6 +11,7 @@ from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
     JSON,
     LATIN1,
+    FastJSONRenderer,
     body_field,
     check_object_id,
     decode_text,
@@ -39,7 +40,7 @@ class ArchiveRenderer(renderers.BaseRenderer):
 class HostedModelViewSet(viewsets.ViewSet):
     """Serve, list, delete, download and run the models hosted on this node."""
 
-    renderer_classes = [renderers.JSONRenderer, ArchiveRenderer]
+    renderer_classes = [FastJSONRenderer, ArchiveRenderer]
 
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""

@@ -1,0 +1,24 @@
+"""Gunicorn settings for the grid node; `gunicorn gridnode.wsgi` reads this file from the repo root.
+
+Every value can be overridden from the environment (or on gunicorn's command line). Defaults were chosen
+by measurement on a 2-core machine (README: "Running in production").
+"""
+
+import os
+
+from gridnode.env import env_int, env_str
+
+_cores = os.cpu_count() or 1
+
+bind = env_str("GRIDNODE_BIND", "127.0.0.1:8000")
+workers = env_int("GRIDNODE_WORKERS", _cores, minimum=1)
+worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
+threads = env_int("GRIDNODE_THREADS", 1, minimum=1)
+# Clients such as ApacheBench and requests.Session reuse connections.
+keepalive = env_int("GRIDNODE_KEEPALIVE", 5)
+# Large model uploads and first loads take longer than gunicorn's 30 s default.
+timeout = env_int("GRIDNODE_TIMEOUT", 300, minimum=1)
+graceful_timeout = 30
+# Each worker runs torch with a share of the cores, so workers do not fight over them.
+os.environ.setdefault("GRIDNODE_TORCH_THREADS", str(max(1, _cores // workers)))
+accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
