@@ -121,6 +121,11 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # Threads torch may use per process for one inference; 0 leaves torch's default (one per core).
 GRIDNODE_TORCH_THREADS = env_int("GRIDNODE_TORCH_THREADS", 0)
 
+# Archives up to this size are checked by loading them in the serving process (and kept for the first
+# inference); larger ones are loaded in a child process that exits afterwards, within the timeout.
+GRIDNODE_INLINE_LOAD_MAX_BYTES = env_int("GRIDNODE_INLINE_LOAD_MAX_BYTES", 64 * 1024**2)
+GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
+
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 

@@ -10,9 +10,12 @@ kind `plan`) is not safe to hand to `torch.export.load` as it is: it unpickles s
 import io
 import json
 import re
+import subprocess
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import torch
@@ -194,3 +197,40 @@ def _load_plan(source: IO[bytes]) -> LoadedModel:
         value = placeholders[name].meta.get("val") if name in placeholders else None
         dtypes.append(getattr(value, "dtype", None))
     return LoadedModel(kind=PLAN, module=program.module(), input_count=len(dtypes), input_dtypes=dtypes)
+
+
+def check_in_child_process(path: Path, kind: str, *, timeout: float) -> None:
+    """Prove an archive loads, in a short-lived child process, so its weights never live in this one.
+
+    Large uploads are checked this way: the serving process stays small, and whatever the archive
+    does while loading happens in a process that exits right after.
+    """
+    command = [sys.executable, "-m", "models_app.archives", str(path), kind]
+    try:
+        result = subprocess.run(
+            command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise BadRequest(f"The archive did not finish loading within {timeout:.0f} seconds.") from None
+    if result.returncode == _REFUSED:
+        raise BadRequest(result.stdout.strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise BadRequest(f"The archive could not be loaded (the loader stopped with code {result.returncode}).")
+
+
+_REFUSED = 3
+
+
+def _check_main(path: str, kind: str) -> int:
+    """`python -m models_app.archives PATH KIND`: exit 0 when the archive loads, else print why."""
+    try:
+        with open(path, "rb") as source:
+            load_archive(source, kind)
+    except BadRequest as exc:
+        print(exc.message)
+        return _REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_check_main(sys.argv[1], sys.argv[2]))

@@ -34,7 +34,7 @@ class StagedArchive:
     size: int
     sha256: str
     kind: str
-    loaded: LoadedModel
+    loaded: LoadedModel | None  # None when the archive was checked in a child process
     owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
 
     def discard(self) -> None:
@@ -54,7 +54,11 @@ class _StagedFile(File):
 
 
 def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
-    """Check an uploaded archive (a multipart file or decoded bytes) and load it once."""
+    """Check an uploaded archive (a multipart file or decoded bytes) and load it once.
+
+    Small archives are loaded here and kept for the first inference; large ones are loaded in a
+    child process, so an upload never holds a large model's weights in the serving process.
+    """
     path, size, sha256, owned = _stage_to_disk(upload=upload, content=content)
     try:
         if size == 0:
@@ -67,7 +71,11 @@ def archive_stage(*, upload=None, content: bytes | None = None, model_type: str 
             kind = archives.detect_kind(source)
             if model_type not in (None, "", kind):
                 raise BadRequest(f"'model_type' says {model_type!s:.8} but the archive is a {kind} archive.")
-            loaded = archives.load_archive(source, kind)
+            if size <= settings.GRIDNODE_INLINE_LOAD_MAX_BYTES:
+                loaded = archives.load_archive(source, kind)
+            else:
+                archives.check_in_child_process(path, kind, timeout=settings.GRIDNODE_LOAD_TIMEOUT)
+                loaded = None
     except BaseException:
         if owned:
             path.unlink(missing_ok=True)
@@ -135,8 +143,9 @@ def model_serve(
     except BaseException:
         default_storage.delete(name)
         raise
-    # The archive was loaded to check it: keep it, so the first inference does not load it again.
-    model_cache.put((model_id, name), staged.loaded)
+    if staged.loaded is not None:
+        # The archive was loaded to check it: keep it, so the first inference does not load it again.
+        model_cache.put((model_id, name), staged.loaded)
     return hosted
 
 

@@ -140,3 +140,16 @@ def test_a_raw_pickle_as_model_is_refused(api, tmp_path):
     assert response.status_code == 400
     assert "not a zip file" in response.json()["error"]
     assert not canary.exists()
+
+
+def test_a_hostile_plan_checked_in_a_child_process_runs_nothing(api, settings, mlp_plan, tmp_path):
+    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = 1
+    canary = tmp_path / "canary"
+    entries = entries_of(mlp_plan)
+    entries[entry(entries, "data/sample_inputs/model.pt")] = torch_saved(WritesCanary(canary))
+
+    response = upload(api, zip_of(entries))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "The torch.export archive's sample inputs are not plain tensors."}
+    assert not canary.exists()

@@ -229,3 +229,42 @@ def test_it_answers_405_for_get(api):
     response = api.get("/serve-model")
     assert response.status_code == 405
     assert response.json() == {"error": 'Method "GET" not allowed.'}
+
+
+@pytest.fixture
+def child_process_checks(settings):
+    """Treat every archive as large: it is checked by loading it in a child process."""
+    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = 1
+
+
+@pytest.mark.usefixtures("child_process_checks")
+@pytest.mark.parametrize("kind", ["jit", "plan"])
+def test_a_large_archive_is_checked_in_a_child_process(api, mlp_jit, mlp_plan, data_dir, kind):
+    from models_app.cache import model_cache
+
+    archive = mlp_jit if kind == "jit" else mlp_plan
+    upload = SimpleUploadedFile("model", archive)
+    body = {"model_id": "large", "model": upload, "allow_remote_inference": "true"}
+    response = api.post("/serve-model", body, format="multipart")
+
+    assert response.status_code == 200
+    assert HostedModel.objects.get(model_id="large").kind == kind
+    assert len(model_cache) == 0  # nothing loaded in this process
+    answer = api.post("/model/large", {"data": [[0.0] * 4] * 2}, format="json")
+    assert answer.status_code == 200
+
+
+@pytest.mark.usefixtures("child_process_checks")
+def test_a_large_archive_that_does_not_load_is_refused(api, mlp_jit, data_dir):
+    with zipfile.ZipFile(io.BytesIO(mlp_jit)) as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    code = next(name for name in entries if name.endswith("container.py"))
+    entries[code] = b"this is not torchscript ((("
+    body = {"model_id": "broken", "encoding": "base64", "model": base64.b64encode(zip_of(entries)).decode()}
+    response = api.post("/serve-model", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("The TorchScript archive does not load")
+    assert HostedModel.objects.count() == 0
+    assert stored_files(data_dir) == []
+    assert staged_files(data_dir) == []
