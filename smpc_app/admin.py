@@ -75,6 +75,8 @@ class NodeAssignmentFormSet(BaseInlineFormSet):
 
 
 class NodeAssignmentInline(admin.TabularInline):
+    """A registration's nodes as rows of URL, role and position; saved through the services, not the formset."""
+
     model = NodeAssignment
     form = NodeAssignmentForm
     formset = NodeAssignmentFormSet
@@ -94,6 +96,8 @@ class NodeAssignmentInline(admin.TabularInline):
 
 @admin.register(EncryptedModel)
 class EncryptedModelAdmin(admin.ModelAdmin):
+    """Registrations, added, edited and deleted through the same services as the API."""
+
     list_display = ["model_id", "workers", "crypto_provider", "created_at"]
     search_fields = ["model_id", "description", "nodes__url"]
     ordering = ["-created_at"]

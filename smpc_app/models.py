@@ -80,10 +80,12 @@ class EncryptedModel(models.Model):
 
     @property
     def worker_urls(self) -> list[str]:
+        """The workers' URLs, in registration order."""
         return self.node_urls(NodeAssignment.Role.WORKER)
 
     @property
     def crypto_provider_urls(self) -> list[str]:
+        """The crypto providers' URLs, in registration order."""
         return self.node_urls(NodeAssignment.Role.CRYPTO_PROVIDER)
 
 

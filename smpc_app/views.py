@@ -21,6 +21,7 @@ def _list_field(data, name: str):
 
 
 def _description(data) -> str:
+    """The optional description: a string, empty when absent."""
     value = body_field(data, "description")
     if value is None:
         return ""
