@@ -108,6 +108,10 @@ STORAGES = {
 FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_HANDLERS = [
+    "gridnode.uploads.HashingMemoryFileUploadHandler",
+    "gridnode.uploads.HashingTemporaryFileUploadHandler",
+]
 
 # Limits. JSON and form bodies are read into memory, so they have their own, smaller bound.
 GRIDNODE_MAX_BODY_BYTES = env_int("GRIDNODE_MAX_BODY_BYTES", 512 * 1024**2, minimum=1024)

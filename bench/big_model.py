@@ -1,0 +1,157 @@
+"""Peak memory of the serving process for a 1 GiB model upload (multipart) and download (raw bytes).
+
+usage: .venv/bin/python bench/big_model.py [SIZE_MIB=1024]
+
+Starts the node the production way (gunicorn with gunicorn.conf.py, one worker so there is one process
+to watch) on a fresh PostgreSQL database, writes a TorchScript model of about SIZE_MIB, streams it up as a
+multipart file part and back down with `Accept: application/octet-stream`, and prints the worker's
+peak RSS growth for each (VmHWM after the transfer, reset through /proc/PID/clear_refs before it, minus
+VmRSS before). Archives over GRIDNODE_INLINE_LOAD_MAX_BYTES are checked in a child process, whose memory
+is the child's, not the worker's: it is printed separately as the child's own figure is not measured.
+Needs root (clear_refs) and PostgreSQL on 127.0.0.1:5432.
+"""
+
+import hashlib
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PORT = int(os.environ.get("BENCH_PORT", "18210"))
+CHUNK = 1024 * 1024
+
+
+def kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def worker_pid(master: int) -> int:
+    for _ in range(100):
+        children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+        if children:
+            return int(children[0])
+        time.sleep(0.1)
+    raise RuntimeError("no gunicorn worker")
+
+
+def write_model(path: Path, size_mib: int) -> None:
+    side = 4096  # one Linear(4096, 4096) is 64 MiB of float32 weights
+    layers = max(1, size_mib // 64)
+    model = torch.nn.Sequential(*[torch.nn.Linear(side, side, bias=False) for _ in range(layers)]).eval()
+    torch.jit.save(torch.jit.script(model), path)
+
+
+def upload(path: Path, model_id: str) -> int:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model_id"\r\n\r\n{model_id}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="allow_download"\r\n\r\ntrue\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="big.pt"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body():
+        yield head
+        with open(path, "rb") as source:
+            yield from iter(lambda: source.read(CHUNK), b"")
+        yield tail
+
+    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=900)
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(head) + path.stat().st_size + len(tail)),
+    }
+    connection.request("POST", "/serve-model", body=body(), headers=headers)
+    response = connection.getresponse()
+    print(f"  upload answer: {response.status} {response.read()[:120]!r}")
+    return response.status
+
+
+def download(model_id: str, target: Path) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=900)
+    connection.request("GET", f"/get_model/{model_id}", headers={"Accept": "application/octet-stream"})
+    response = connection.getresponse()
+    digest = hashlib.sha256()
+    with open(target, "wb") as sink:
+        for chunk in iter(lambda: response.read(CHUNK), b""):
+            digest.update(chunk)
+            sink.write(chunk)
+    print(f"  download answer: {response.status}")
+    return digest.hexdigest()
+
+
+def main(size_mib: int) -> None:
+    work = Path(tempfile.mkdtemp())
+    db = f"gridnode_bench_big_{os.getpid()}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
+    subprocess.run([*psql, f"CREATE DATABASE {db}"], check=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
+        "GRIDNODE_DATA_DIR": str(work / "data"),
+        "GRIDNODE_WORKERS": "1",
+    }
+    server = None
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        archive = work / "big.pt"
+        write_model(archive, size_mib)
+        size = archive.stat().st_size
+        print(f"model archive: {size / 2**20:.0f} MiB")
+        server = subprocess.Popen(
+            [str(ROOT / ".venv/bin/gunicorn"), "gridnode.wsgi", "--bind", f"127.0.0.1:{PORT}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        pid = worker_pid(server.pid)
+        time.sleep(3)  # let the worker finish importing Django and torch
+
+        before = kib(pid, "VmRSS")
+        reset_peak(pid)
+        started = time.perf_counter()
+        assert upload(archive, "big") == 200
+        upload_s = time.perf_counter() - started
+        upload_growth = kib(pid, "VmHWM") - before
+        print(f"upload: {upload_s:.1f} s, worker peak RSS growth {upload_growth / 1024:.0f} MiB")
+
+        before = kib(pid, "VmRSS")
+        reset_peak(pid)
+        started = time.perf_counter()
+        digest = download("big", work / "copy.pt")
+        download_s = time.perf_counter() - started
+        download_growth = kib(pid, "VmHWM") - before
+        same = digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+        print(
+            f"download: {download_s:.1f} s, worker peak RSS growth {download_growth / 1024:.0f} MiB, same bytes: {same}"
+        )
+        print(
+            f"big_model: size_mib={size / 2**20:.0f} upload_peak_growth_mib={upload_growth / 1024:.0f} "
+            f"download_peak_growth_mib={download_growth / 1024:.0f} upload_s={upload_s:.1f} download_s={download_s:.1f}"
+        )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db}"], check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1024)

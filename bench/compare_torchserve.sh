@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The node run the production way (gunicorn + gunicorn.conf.py on a fresh PostgreSQL database) against
+# TorchServe 0.12, both serving the reference MLP, plain JSON data; alternated load rounds per
+# concurrency with ../shared/bench/compare.sh, plus the cold start of an already stored model.
+#
+# usage: bench/compare_torchserve.sh [REQUESTS=3000] [ROUNDS=3] [CONCURRENCIES="1 8 32"]
+# env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED_BENCH:-$(cd "$root/../shared/bench" && pwd)}
+requests=${1:-3000} rounds=${2:-3} concurrencies=${3:-"1 8 32"}
+port=${BENCH_PORT:-18200}
+url="http://127.0.0.1:$port"
+pg="-h 127.0.0.1 -p 5432 -U postgres"
+db="gridnode_bench_$$"
+work=$(mktemp -d)
+gunicorn_pid=""
+
+cleanup() {
+  [[ -n $gunicorn_pid ]] && kill "$gunicorn_pid" 2>/dev/null && wait "$gunicorn_pid" 2>/dev/null
+  psql $pg -q -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$root"
+./scripts/setup
+psql $pg -q -c "CREATE DATABASE $db"
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" GRIDNODE_DATA_DIR="$work/data"
+.venv/bin/python manage.py migrate --no-input -v0
+.venv/bin/python "$shared/make_mlp.py" "$work" >/dev/null 2>&1
+
+start_node() {
+  .venv/bin/gunicorn gridnode.wsgi --bind "127.0.0.1:$port" >"$work/gunicorn.log" 2>&1 &
+  gunicorn_pid=$!
+}
+stop_node() { kill "$gunicorn_pid"; wait "$gunicorn_pid" 2>/dev/null || true; gunicorn_pid=""; }
+infer() { curl -s -o "$work/answer.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d @"$work/grid_infer.json" "$url/model/mlp"; }
+
+start_node
+for _ in $(seq 120); do curl -sf "$url/models" >/dev/null 2>&1 && break; sleep 0.5; done
+curl -sf -F model_id=mlp -F model=@"$work/mlp.pt" -F allow_remote_inference=true "$url/serve-model" >/dev/null
+[[ $(infer) == 200 ]] || { echo "inference failed: $(cat "$work/answer.json")"; exit 1; }
+.venv/bin/python - "$work/answer.json" "$work/expected.json" <<'PY'
+import json, sys
+got = json.load(open(sys.argv[1]))["prediction"]
+want = json.load(open(sys.argv[2]))
+err = max(abs(a - b) for a, b in zip(got[0], want[0]))
+assert err < 1e-5, f"prediction differs from expected.json by {err}"
+print(f"prediction matches expected.json (max abs error {err:.1e})")
+PY
+
+# Cold start: a new server process, the model already stored, until its first served inference.
+stop_node
+begin=$(date +%s.%N)
+start_node
+until [[ $(infer 2>/dev/null) == 200 ]]; do sleep 0.02; done
+echo "cold_start_s=$(.venv/bin/python -c "print(round($(date +%s.%N) - $begin, 2))")  (process start to first served inference)"
+
+echo "node: $(grep -m1 -o 'Using worker: .*' "$work/gunicorn.log"), $(grep -c 'Booting worker' "$work/gunicorn.log") workers"
+for c in $concurrencies; do
+  echo "== concurrency $c"
+  "$shared/compare.sh" "$url/model/mlp" "$work/grid_infer.json" "$c" "$requests" "$rounds"
+done
