@@ -127,7 +127,9 @@ class DatasetAdmin(admin.ModelAdmin):
         if change:
             with transaction.atomic():
                 super().save_model(request, obj, form, change)
-                services.dataset_set_tags(dataset=obj, tags=form.cleaned_data["tag_lines"])
+                # The list's inline form edits allow_download only; the change page edits the tags too.
+                if "tag_lines" in form.cleaned_data:
+                    services.dataset_set_tags(dataset=obj, tags=form.cleaned_data["tag_lines"])
             return
         dataset = services.dataset_create(
             dataset_id=form.cleaned_data["new_dataset_id"],

@@ -381,3 +381,12 @@ def test_other_methods_are_405(api, method):
     response = getattr(api, method)("/datasets", {}, format="json")
     assert response.status_code == 405
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("field", ['"tags": ["\\ud800"]', '"description": "a\\udfff"'])
+def test_lone_surrogates_are_refused(api, data_dir, field):
+    # Python's JSON reader accepts them; no database could store them.
+    response = api.post("/datasets", f'{{"data": [1.0], {field}}}', content_type="application/json")
+
+    assert response.status_code == 400
+    assert_nothing_stored(data_dir)
