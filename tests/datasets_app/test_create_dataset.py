@@ -390,3 +390,19 @@ def test_lone_surrogates_are_refused(api, data_dir, field):
 
     assert response.status_code == 400
     assert_nothing_stored(data_dir)
+
+
+def test_the_database_settles_a_duplicate_that_slips_past_the_early_check(api, upload, data_dir, monkeypatch):
+    # As when two uploads of one id race: both pass the early check, the unique constraint decides.
+    upload("raced")
+    before = stored_files(data_dir)
+    monkeypatch.setattr("datasets_app.services.dataset_id_available", lambda **kwargs: None)
+
+    response = api.post("/datasets", {"id": "raced", "tags": ["#late"], "data": [1.0]}, format="json")
+
+    assert response.status_code == 409
+    assert response.json() == {"error": "Dataset with id: raced already exists."}
+    assert Dataset.objects.count() == 1
+    assert stored_files(data_dir) == before
+    assert staged_files(data_dir) == []
+    assert not Tag.objects.filter(name="#late").exists()
