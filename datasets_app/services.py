@@ -135,7 +135,7 @@ def dtype_check(*, dtype) -> str | None:
     return dtype_name(getattr(torch, name))
 
 
-def tensor_stage_json(*, value, dtype: str | None) -> "StagedTensor":
+def tensor_stage_json(*, value, dtype: str | None) -> StagedTensor:
     """Stage a tensor sent as a (nested) JSON array of numbers, as `dtype` (float32 by default)."""
     target = JSON_DTYPES.get(dtype or "float32")
     if target is None:
@@ -179,10 +179,13 @@ def _stage_to_disk(*, upload, content: bytes | None) -> tuple[Path, int, str, bo
     if upload is not None and hasattr(upload, "temporary_file_path"):
         # Django already streamed this part to disk: hash it in place, then move it into storage.
         path = Path(upload.temporary_file_path())
-        with open(path, "rb") as source:
-            for chunk in iter(lambda: source.read(CHUNK), b""):
-                digest.update(chunk)
-        return path, path.stat().st_size, digest.hexdigest(), False
+        sha256 = getattr(upload, "sha256", None)  # set by gridnode.uploads while the part was written
+        if sha256 is None:
+            with open(path, "rb") as source:
+                for chunk in iter(lambda: source.read(CHUNK), b""):
+                    digest.update(chunk)
+            sha256 = digest.hexdigest()
+        return path, path.stat().st_size, sha256, False
     handle, name = tempfile.mkstemp(dir=settings.FILE_UPLOAD_TEMP_DIR, suffix=".upload")
     size = 0
     try:

@@ -2,7 +2,7 @@
 
 import json
 
-from rest_framework import pagination, renderers, status, viewsets
+from rest_framework import pagination, status, viewsets
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.response import Response
 
@@ -26,7 +26,8 @@ INVALID_PAYLOAD = "Invalid payload format"
 
 
 class JSONResponses(BaseContentNegotiation):
-    """Always answer JSON, and leave `?format=` to the views (DRF would take it for a renderer name)."""
+    """Always answer with the JSON renderer, and leave `?format=` to the views (DRF would read it as a
+    renderer name and answer 404 for `?format=csv`)."""
 
     def select_parser(self, request, parsers):
         return DefaultContentNegotiation().select_parser(request, parsers)
@@ -46,7 +47,6 @@ class DatasetPagination(pagination.PageNumberPagination):
 class DatasetViewSet(viewsets.GenericViewSet):
     """Create, list, describe, download and delete the datasets on this node."""
 
-    renderer_classes = [renderers.JSONRenderer]
     content_negotiation_class = JSONResponses
     pagination_class = DatasetPagination
     serializer_class = DatasetSerializer
@@ -105,7 +105,6 @@ class DatasetViewSet(viewsets.GenericViewSet):
 class DatasetSearchViewSet(viewsets.ViewSet):
     """The seed's discovery endpoints: which tags this node holds, and whether it holds a match."""
 
-    renderer_classes = [renderers.JSONRenderer]
     content_negotiation_class = JSONResponses
 
     def tags(self, request):

@@ -118,7 +118,9 @@ def test_it_streams_a_large_multipart_upload_through_disk(api, settings, data_di
     response = api.post("/datasets", {"id": "big", "data": SimpleUploadedFile("x.pt", raw)}, format="multipart")
 
     assert response.status_code == 201
-    assert Dataset.objects.get(dataset_id="big").data.read() == raw
+    dataset = Dataset.objects.get(dataset_id="big")
+    assert dataset.data.read() == raw
+    assert dataset.sha256 == hashlib.sha256(raw).hexdigest()
     assert staged_files(data_dir) == []
 
 
