@@ -1,10 +1,15 @@
 """Mounts each app's routes and the admin; the apps own their paths."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+
+from gridnode import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    re_path(r"^healthz/?$", health.liveness, name="healthz"),
+    re_path(r"^readyz/?$", health.readiness, name="readyz"),
+    path("", include("models_app.v2_urls")),
     path("", include("models_app.urls")),
     path("", include("datasets_app.urls")),
     path("", include("smpc_app.urls")),
