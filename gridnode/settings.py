@@ -41,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it times the whole stack and sees the final status (README: "Operating the node").
+    "gridnode.observability.RequestObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -152,6 +154,12 @@ REST_FRAMEWORK = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"json": {"()": "gridnode.observability.JsonLineFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        "json_console": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
     "root": {"handlers": ["console"], "level": env_str("GRIDNODE_LOG_LEVEL", "INFO").upper()},
+    # One JSON line per request (method, path, route, status, duration_ms, model_id); level from the root.
+    "loggers": {"gridnode.requests": {"handlers": ["json_console"], "propagate": False}},
 }

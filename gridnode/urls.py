@@ -3,12 +3,13 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from gridnode import health
+from gridnode import health, observability
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     re_path(r"^healthz/?$", health.liveness, name="healthz"),
     re_path(r"^readyz/?$", health.readiness, name="readyz"),
+    re_path(r"^metrics/?$", observability.metrics, name="metrics"),
     path("", include("models_app.v2_urls")),
     path("", include("models_app.urls")),
     path("", include("datasets_app.urls")),
