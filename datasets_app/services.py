@@ -1,9 +1,6 @@
 """Every write and every rule about datasets; the API views, the admin and `load_datasets` all call these."""
 
-import hashlib
 import io
-import os
-import tempfile
 import unicodedata
 import uuid
 from collections.abc import Iterable
@@ -12,7 +9,6 @@ from pathlib import Path
 
 import torch
 from django.conf import settings
-from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Value
@@ -22,8 +18,8 @@ from django.db.models.lookups import GreaterThan
 from datasets_app.models import TAG_MAX_LENGTH, Dataset, Tag
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.tensors import dump_tensors, tensor_from_json
+from gridnode.uploads import StagedFile, stage_to_disk
 
-CHUNK = 1024 * 1024
 DESCRIPTION_MAX_LENGTH = 10_000
 SEARCH_MAX_TERMS = 100
 NOT_FOUND = "Dataset not found."
@@ -45,17 +41,6 @@ class StagedTensor:
     def discard(self) -> None:
         if self.owned:
             self.path.unlink(missing_ok=True)
-
-
-class _StagedFile(File):
-    """A staged tensor that FileSystemStorage moves into place instead of copying."""
-
-    def __init__(self, path: Path):
-        super().__init__(open(path, "rb"), name=path.name)  # noqa: SIM115 (closed by its owner's `with`)
-        self._path = path
-
-    def temporary_file_path(self) -> str:
-        return str(self._path)
 
 
 def _unstorable(text: str) -> bool:
@@ -155,7 +140,7 @@ def tensor_stage(*, upload=None, content: bytes | None = None, dtype: str | None
     declared = upload.size if upload is not None else len(content or b"")
     if declared > settings.GRIDNODE_MAX_DATASET_BYTES:
         raise _size_limit_error()
-    path, size, sha256, owned = _stage_to_disk(upload=upload, content=content)
+    path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
     try:
         if size == 0:
             raise BadRequest("'data' is empty.")
@@ -171,34 +156,6 @@ def tensor_stage(*, upload=None, content: bytes | None = None, dtype: str | None
             path.unlink(missing_ok=True)
         raise
     return StagedTensor(path=path, size=size, sha256=sha256, shape=shape, dtype=actual, owned=owned)
-
-
-def _stage_to_disk(*, upload, content: bytes | None) -> tuple[Path, int, str, bool]:
-    """The tensor as a file in the staging folder, hashed on the way (path, size, sha256, owned)."""
-    digest = hashlib.sha256()
-    if upload is not None and hasattr(upload, "temporary_file_path"):
-        # Django already streamed this part to disk: hash it in place, then move it into storage.
-        path = Path(upload.temporary_file_path())
-        sha256 = getattr(upload, "sha256", None)  # set by gridnode.uploads while the part was written
-        if sha256 is None:
-            with open(path, "rb") as source:
-                for chunk in iter(lambda: source.read(CHUNK), b""):
-                    digest.update(chunk)
-            sha256 = digest.hexdigest()
-        return path, path.stat().st_size, sha256, False
-    handle, name = tempfile.mkstemp(dir=settings.FILE_UPLOAD_TEMP_DIR, suffix=".upload")
-    size = 0
-    try:
-        with os.fdopen(handle, "wb") as target:
-            chunks = upload.chunks() if upload is not None else [content or b""]
-            for chunk in chunks:
-                digest.update(chunk)
-                target.write(chunk)
-                size += len(chunk)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name), size, digest.hexdigest(), True
 
 
 def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
@@ -254,7 +211,7 @@ def dataset_create(
     dataset_id = dataset_id or str(uuid.uuid4())
     try:
         dataset_id_available(dataset_id=dataset_id)
-        with _StagedFile(staged.path) as staged_file:
+        with StagedFile(staged.path) as staged_file:
             name = default_storage.save(f"datasets/{uuid.uuid4().hex}.pt", staged_file)
     finally:
         staged.discard()

@@ -1,9 +1,6 @@
 """Every write and every rule about hosted models; the API views and the admin both call these."""
 
-import hashlib
 import io
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +12,12 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from gridnode.uploads import StagedFile, stage_to_disk
 from models_app import archives
 from models_app.archives import LoadedModel
 from models_app.cache import model_cache
 from models_app.models import HostedModel
 
-CHUNK = 1024 * 1024
 NOT_ALLOWED_TO_DOWNLOAD = "You're not allowed to download this model."
 NOT_ALLOWED_TO_INFER = "You're not allowed to run inference on this model."
 _SUFFIX = {archives.JIT: ".pt", archives.PLAN: ".pt2"}
@@ -42,24 +39,13 @@ class StagedArchive:
             self.path.unlink(missing_ok=True)
 
 
-class _StagedFile(File):
-    """A staged archive that FileSystemStorage moves into place instead of copying."""
-
-    def __init__(self, path: Path):
-        super().__init__(open(path, "rb"), name=path.name)  # noqa: SIM115 (closed by its owner's `with`)
-        self._path = path
-
-    def temporary_file_path(self) -> str:
-        return str(self._path)
-
-
 def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
     """Check an uploaded archive (a multipart file or decoded bytes) and load it once.
 
     Small archives are loaded here and kept for the first inference; large ones are loaded in a
     child process, so an upload never holds a large model's weights in the serving process.
     """
-    path, size, sha256, owned = _stage_to_disk(upload=upload, content=content)
+    path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
     try:
         if size == 0:
             raise BadRequest("'model' is empty.")
@@ -83,34 +69,6 @@ def archive_stage(*, upload=None, content: bytes | None = None, model_type: str 
     return StagedArchive(path=path, size=size, sha256=sha256, kind=kind, loaded=loaded, owned=owned)
 
 
-def _stage_to_disk(*, upload, content: bytes | None) -> tuple[Path, int, str, bool]:
-    """The archive as a file in the staging folder, hashed on the way (path, size, sha256, owned)."""
-    digest = hashlib.sha256()
-    if upload is not None and hasattr(upload, "temporary_file_path"):
-        # Django already streamed this part to disk: hash it in place, then move it into storage.
-        path = Path(upload.temporary_file_path())
-        sha256 = getattr(upload, "sha256", None)  # set by gridnode.uploads while the part was written
-        if sha256 is None:
-            with open(path, "rb") as source:
-                for chunk in iter(lambda: source.read(CHUNK), b""):
-                    digest.update(chunk)
-            sha256 = digest.hexdigest()
-        return path, path.stat().st_size, sha256, False
-    handle, name = tempfile.mkstemp(dir=settings.FILE_UPLOAD_TEMP_DIR, suffix=".upload")
-    size = 0
-    try:
-        with os.fdopen(handle, "wb") as target:
-            chunks = upload.chunks() if upload is not None else [content or b""]
-            for chunk in chunks:
-                digest.update(chunk)
-                target.write(chunk)
-                size += len(chunk)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name), size, digest.hexdigest(), True
-
-
 def model_id_available(*, model_id: str) -> None:
     """A 409 when the id is taken; checked early so a duplicate upload is not loaded for nothing."""
     if HostedModel.objects.filter(model_id=model_id).exists():
@@ -123,7 +81,7 @@ def model_serve(
     """Store a staged archive under a new model id; the unique constraint settles concurrent uploads."""
     try:
         model_id_available(model_id=model_id)
-        with _StagedFile(staged.path) as staged_file:
+        with StagedFile(staged.path) as staged_file:
             name = default_storage.save(f"models/{uuid.uuid4().hex}{_SUFFIX[staged.kind]}", staged_file)
     finally:
         staged.discard()
