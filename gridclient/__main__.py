@@ -1,0 +1,5 @@
+"""`python -m gridclient ...`: the command line."""
+
+from gridclient.cli import main
+
+raise SystemExit(main())
