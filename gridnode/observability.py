@@ -171,6 +171,11 @@ def metrics(request):
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
+# The labelled series of each (method, endpoint, status) seen, so a request skips the label lookups.
+_request_series: dict[tuple[str, str, int], tuple] = {}
+_inference_series: dict[str, object] = {}
+
+
 class RequestObservabilityMiddleware:
     """Counts and times every request by route and status, and logs it as one JSON line.
 
@@ -196,12 +201,20 @@ class RequestObservabilityMiddleware:
         match = request.resolver_match
         endpoint = match.view_name if match is not None else "unmatched"
         method = request.method if request.method in _METHODS else "other"
-        status_label = str(status)
-        REQUESTS.labels(method, endpoint, status_label).inc()
-        REQUEST_SECONDS.labels(method, endpoint, status_label).observe(seconds)
+        series = _request_series.get((method, endpoint, status))
+        if series is None:
+            series = _request_series[(method, endpoint, status)] = (
+                REQUESTS.labels(method, endpoint, str(status)),
+                REQUEST_SECONDS.labels(method, endpoint, str(status)),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
         model_id = match.kwargs.get("model_id") if match is not None else None
         if status == 200 and endpoint in INFERENCE_ROUTES and model_id:
-            INFERENCE_SECONDS.labels(model_id).observe(seconds)
+            timer = _inference_series.get(model_id)
+            if timer is None:
+                timer = _inference_series[model_id] = INFERENCE_SECONDS.labels(model_id)
+            timer.observe(seconds)
         if sync_cache_counters is not None:
             sync_cache_counters()
         level = logging.ERROR if status >= 500 else logging.INFO
@@ -215,7 +228,11 @@ class RequestObservabilityMiddleware:
             }
             if model_id:
                 fields["model_id"] = model_id
-            request_log.log(level, "request", extra={"fields": fields})
+            # handle(makeRecord(...)) rather than log(): the caller's file and line say nothing here, and
+            # looking them up is most of what a log call costs.
+            request_log.handle(
+                request_log.makeRecord(request_log.name, level, "", 0, "request", (), None, extra={"fields": fields})
+            )
 
 
 class JsonLineFormatter(logging.Formatter):
