@@ -52,7 +52,7 @@ def output_name(kind):
     return "output__0" if kind == "jit" else "linear_1"
 
 
-@pytest.mark.parametrize("content_type", ["", "application/json", "text/plain"])
+@pytest.mark.parametrize("content_type", ["", "application/json", "text/plain", "application/x-www-form-urlencoded"])
 def test_it_runs_flat_json_data_whatever_the_content_type(api, mlp, content_type):
     kind, model_id = mlp
     flat = [value for row in X for value in row]
