@@ -1,8 +1,12 @@
-"""WSGI entry point: `gunicorn gridnode.wsgi`."""
+"""WSGI entry point: `gunicorn gridnode.wsgi`, Django behind the inference fast path."""
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from models_app.fastpath import InferenceFastPath  # noqa: E402  (needs Django set up first)
+
+application = InferenceFastPath(django_application)

@@ -1,15 +1,11 @@
 """The seed's model endpoints: parse the request, call a service, answer in the contract's shape."""
 
-import json
-
-import torch
 from django.http import FileResponse
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
-    JSON,
     LATIN1,
     FastJSONRenderer,
     body_field,
@@ -20,9 +16,8 @@ from gridnode.http import (
     parse_bool,
     parse_encoding,
 )
-from gridnode.tensors import dump_tensors, load_tensors, tensor_from_json, tensor_to_json
-from models_app import services
-from models_app.archives import JIT, PLAN, LoadedModel
+from models_app import inference, services
+from models_app.archives import JIT, PLAN
 
 
 class ArchiveRenderer(renderers.BaseRenderer):
@@ -104,60 +99,4 @@ class HostedModelViewSet(viewsets.ViewSet):
 
     def infer(self, request, model_id):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""
-        try:
-            loaded = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-            data = request.data
-            all_outputs = parse_bool(body_field(data, "all_outputs"), "all_outputs")
-            inputs, encoding = _inference_inputs(data, loaded)
-            output = loaded.run(inputs, all_outputs=all_outputs)
-            prediction = _prediction(output, encoding)
-        except GridError as exc:
-            exc.fields.update(success=False, status=False)
-            raise
-        return Response({"success": True, "status": True, "prediction": prediction})
-
-
-def _inference_inputs(data, loaded: LoadedModel) -> tuple[list, str]:
-    """The model's input tensors from `data`, and the encoding the prediction should answer in."""
-    value = body_field(data, "data")
-    if value is None or value == "":
-        raise BadRequest("'data' is required.")
-    encoding = parse_encoding(body_field(data, "encoding"), allow_json=True)
-    if is_upload(value):
-        return _as_inputs(load_tensors(value.read(), "data")), encoding if encoding != JSON else LATIN1
-    if encoding != JSON:
-        if not isinstance(value, str):
-            raise BadRequest(f"'data' must be text under the {encoding} encoding.")
-        return _as_inputs(load_tensors(decode_text(value, encoding, "data"), "data")), encoding
-    if isinstance(value, str):
-        # Forms carry the JSON array as text.
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadRequest("'data' is neither a JSON array nor text under an 'encoding'.") from None
-    # JSON numbers carry no dtype: follow the archive's declared input dtypes (torch.export states
-    # them), else float32, what models take far more often than integers.
-    dtypes = [dtype or torch.float32 for dtype in loaded.input_dtypes]
-    if loaded.input_count > 1:
-        if not isinstance(value, list) or len(value) != loaded.input_count:
-            raise BadRequest(
-                f"This model takes {loaded.input_count} inputs: send 'data' as a list of that many arrays."
-            )
-        tensors = [tensor_from_json(item, "data", dtype) for item, dtype in zip(value, dtypes, strict=True)]
-    else:
-        tensors = [tensor_from_json(value, "data", dtypes[0] if dtypes else torch.float32)]
-    return tensors, JSON
-
-
-def _as_inputs(value) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-def _prediction(output, encoding: str):
-    """The model's output in the form the data came in: nested JSON lists or encoded torch.save bytes."""
-    if encoding == JSON:
-        try:
-            return tensor_to_json(output)
-        except TypeError:
-            raise BadRequest("The model's output is not tensors, so it cannot be sent as JSON.") from None
-    return encode_bytes(dump_tensors(output), encoding)
+        return Response(inference.answer(model_id=model_id, body=lambda: request.data))

@@ -49,6 +49,13 @@ def plan_bytes(module: torch.nn.Module, example_inputs: tuple) -> bytes:
     return buffer.getvalue()
 
 
+def saved_tensor(values) -> bytes:
+    """`torch.save` bytes of a float32 tensor."""
+    buffer = io.BytesIO()
+    torch.save(torch.tensor(values, dtype=torch.float32), buffer)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def mlp_jit() -> bytes:
     return jit_bytes(small_mlp())
