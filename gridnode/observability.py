@@ -176,6 +176,49 @@ _request_series: dict[tuple[str, str, int], tuple] = {}
 _inference_series: dict[str, object] = {}
 
 
+def observe_request(
+    *, method: str, path: str, endpoint: str, status: int, seconds: float, model_id: str | None = None
+) -> None:
+    """Count, time and log one answered request.
+
+    The middleware calls this for every request Django answers; code that answers requests before
+    Django (a WSGI fast path) calls it too, with the route name Django would have resolved, so those
+    requests show in the metrics and the log like any other.
+    """
+    method_label = method if method in _METHODS else "other"
+    series = _request_series.get((method_label, endpoint, status))
+    if series is None:
+        series = _request_series[(method_label, endpoint, status)] = (
+            REQUESTS.labels(method_label, endpoint, str(status)),
+            REQUEST_SECONDS.labels(method_label, endpoint, str(status)),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+    if status == 200 and model_id and endpoint in INFERENCE_ROUTES:
+        timer = _inference_series.get(model_id)
+        if timer is None:
+            timer = _inference_series[model_id] = INFERENCE_SECONDS.labels(model_id)
+        timer.observe(seconds)
+    if sync_cache_counters is not None:
+        sync_cache_counters()
+    level = logging.ERROR if status >= 500 else logging.INFO
+    if request_log.isEnabledFor(level):
+        fields = {
+            "method": method[:16],
+            "path": path[:512],  # the path only: never the query string or the body
+            "route": endpoint,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if model_id:
+            fields["model_id"] = model_id
+        # handle(makeRecord(...)) rather than log(): the caller's file and line say nothing here, and
+        # looking them up is most of what a log call costs.
+        request_log.handle(
+            request_log.makeRecord(request_log.name, level, "", 0, "request", (), None, extra={"fields": fields})
+        )
+
+
 class RequestObservabilityMiddleware:
     """Counts and times every request by route and status, and logs it as one JSON line.
 
@@ -191,48 +234,18 @@ class RequestObservabilityMiddleware:
         response = self.get_response(request)
         seconds = perf_counter() - started
         try:
-            self.record(request, response.status_code, seconds)
+            match = request.resolver_match
+            observe_request(
+                method=request.method or "",
+                path=request.path,
+                endpoint=match.view_name if match is not None else "unmatched",
+                status=response.status_code,
+                seconds=seconds,
+                model_id=match.kwargs.get("model_id") if match is not None else None,
+            )
         except Exception:  # telemetry never fails a request that was answered
             logger.exception("recording request metrics failed")
         return response
-
-    @staticmethod
-    def record(request, status: int, seconds: float) -> None:
-        match = request.resolver_match
-        endpoint = match.view_name if match is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        series = _request_series.get((method, endpoint, status))
-        if series is None:
-            series = _request_series[(method, endpoint, status)] = (
-                REQUESTS.labels(method, endpoint, str(status)),
-                REQUEST_SECONDS.labels(method, endpoint, str(status)),
-            )
-        series[0].inc()
-        series[1].observe(seconds)
-        model_id = match.kwargs.get("model_id") if match is not None else None
-        if status == 200 and endpoint in INFERENCE_ROUTES and model_id:
-            timer = _inference_series.get(model_id)
-            if timer is None:
-                timer = _inference_series[model_id] = INFERENCE_SECONDS.labels(model_id)
-            timer.observe(seconds)
-        if sync_cache_counters is not None:
-            sync_cache_counters()
-        level = logging.ERROR if status >= 500 else logging.INFO
-        if request_log.isEnabledFor(level):
-            fields = {
-                "method": (request.method or "")[:16],
-                "path": request.path[:512],  # the path only: never the query string or the body
-                "route": endpoint,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-            }
-            if model_id:
-                fields["model_id"] = model_id
-            # handle(makeRecord(...)) rather than log(): the caller's file and line say nothing here, and
-            # looking them up is most of what a log call costs.
-            request_log.handle(
-                request_log.makeRecord(request_log.name, level, "", 0, "request", (), None, extra={"fields": fields})
-            )
 
 
 class JsonLineFormatter(logging.Formatter):

@@ -201,3 +201,22 @@ def test_with_prometheus_multiproc_dir_every_worker_counts_into_one_scrape(tmp_p
     }
     assert value(served, "gridnode_http_requests_total", **healthz) == 8  # whichever worker serves /metrics
     assert value(served, "gridnode_model_cache_misses_total") == 4
+
+
+def test_code_answering_before_django_records_through_observe_request(api):
+    # The WSGI fast path answers some inferences without Django's middleware; this is its way in.
+    from gridnode.observability import observe_request
+
+    before = scrape(api)
+    observe_request(
+        method="POST", path="/model/fast", endpoint="model-inference", status=200, seconds=0.002, model_id="fast"
+    )
+    after = scrape(api)
+
+    labels = {"method": "POST", "endpoint": "model-inference", "status": "200"}
+    assert (
+        value(after, "gridnode_http_requests_total", **labels) - value(before, "gridnode_http_requests_total", **labels)
+        == 1
+    )
+    count = "gridnode_inference_duration_seconds_count"
+    assert value(after, count, model_id="fast") - value(before, count, model_id="fast") == 1
