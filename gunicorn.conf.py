@@ -23,3 +23,11 @@ graceful_timeout = 30
 # Each worker runs torch with a share of the cores, so workers do not fight over them.
 os.environ.setdefault("GRIDNODE_TORCH_THREADS", str(max(1, _cores // workers)))
 accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
+
+
+def child_exit(server, worker):
+    """With PROMETHEUS_MULTIPROC_DIR set, forget a finished worker's live gauges (README: Operating the node)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -177,3 +177,26 @@ def test_the_node_is_served_through_the_fast_path():
     from gridnode.wsgi import application
 
     assert isinstance(application, InferenceFastPath)
+
+
+def test_requests_it_answers_are_counted_and_logged(apps, caplog):
+    from prometheus_client import REGISTRY
+
+    fast, _ = apps
+
+    def served(endpoint):
+        labels = {"method": "POST", "endpoint": endpoint, "status": "200"}
+        return REGISTRY.get_sample_value("gridnode_http_requests_total", labels) or 0
+
+    before = served("model-inference"), served("model-inference-alias")
+    with caplog.at_level("INFO", logger="gridnode.requests"):
+        assert call(fast, "POST", "/model/jit", json_body({"data": X}))[0] == 200
+        assert call(fast, "POST", "/models/jit/", json_body({"data": X}))[0] == 200
+
+    assert served("model-inference") == before[0] + 1
+    assert served("model-inference-alias") == before[1] + 1
+    logged = [record.fields for record in caplog.records if record.name == "gridnode.requests"]
+    assert [(f["path"], f["route"], f["model_id"], f["status"]) for f in logged] == [
+        ("/model/jit", "model-inference", "jit", 200),
+        ("/models/jit/", "model-inference-alias", "jit", 200),
+    ]
