@@ -86,12 +86,31 @@ class DatasetUploadForm(DatasetForm):
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
-    list_display = ["dataset_id", "short_description", "tag_list", "shape", "dtype", "data_size", "allow_download"]
+    list_display = [
+        "dataset_id",
+        "short_description",
+        "tag_list",
+        "shape",
+        "dtype",
+        "data_size",
+        "allow_download",
+        "uploaded_by",
+    ]
     list_editable = ["allow_download"]
     list_filter = ["allow_download", "dtype"]
     search_fields = ["dataset_id", "description", "tags__name"]
     ordering = ["-created_at"]
-    readonly_fields = ["dataset_id", "shape", "dtype", "data", "size", "sha256", "created_at", "updated_at"]
+    readonly_fields = [
+        "dataset_id",
+        "shape",
+        "dtype",
+        "data",
+        "size",
+        "sha256",
+        "uploaded_by",
+        "created_at",
+        "updated_at",
+    ]
     form = DatasetForm
 
     def get_queryset(self, request):
@@ -137,11 +156,12 @@ class DatasetAdmin(admin.ModelAdmin):
             description=form.cleaned_data["description"],
             allow_download=form.cleaned_data["allow_download"],
             staged=form.staged,
+            uploaded_by=request.user,
         )
         # The admin logs and redirects using the object it passed in.
         obj.pk, obj.dataset_id, obj.data = dataset.pk, dataset.dataset_id, dataset.data
         obj.shape, obj.dtype, obj.size, obj.sha256 = dataset.shape, dataset.dtype, dataset.size, dataset.sha256
-        obj.created_at, obj.updated_at = dataset.created_at, dataset.updated_at
+        obj.uploaded_by, obj.created_at, obj.updated_at = dataset.uploaded_by, dataset.created_at, dataset.updated_at
 
 
 class TagForm(forms.ModelForm):

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -38,6 +39,14 @@ class Dataset(models.Model):
     size = models.PositiveBigIntegerField(help_text="Size of the stored torch.save bytes.")
     sha256 = models.CharField(max_length=64)
     allow_download = models.BooleanField(default=False)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="uploaded_datasets",
+        help_text="The user whose token (or admin login) uploaded it; empty for anonymous uploads.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Value
@@ -16,6 +17,7 @@ from django.db.models.functions import StrIndex
 from django.db.models.lookups import GreaterThan
 
 from datasets_app.models import TAG_MAX_LENGTH, Dataset, Tag
+from gridnode.auth import authenticated_or_none
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.tensors import dump_tensors, tensor_from_json
 from gridnode.uploads import StagedFile, stage_to_disk
@@ -203,8 +205,11 @@ def dataset_create(
     description: str,
     allow_download: bool,
     staged: StagedTensor,
+    uploaded_by: AbstractBaseUser | None = None,
 ) -> Dataset:
     """Store a staged tensor as a new dataset; the unique constraint settles concurrent uploads.
+
+    `uploaded_by` is the authenticated user who sent it (None, or an anonymous user, records nobody).
 
     Without an id the dataset gets a fresh uuid4 (its canonical text, which follows the id rules).
     """
@@ -224,6 +229,7 @@ def dataset_create(
         size=staged.size,
         sha256=staged.sha256,
         allow_download=allow_download,
+        uploaded_by=authenticated_or_none(uploaded_by),
     )
     try:
         dataset.full_clean(validate_unique=False, validate_constraints=False)

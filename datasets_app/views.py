@@ -8,6 +8,7 @@ from rest_framework.response import Response
 
 from datasets_app import services
 from datasets_app.serializers import DatasetSerializer
+from gridnode.auth import DOWNLOAD, READ, WRITE, requires
 from gridnode.errors import BadRequest
 from gridnode.http import (
     JSON,
@@ -51,6 +52,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
     pagination_class = DatasetPagination
     serializer_class = DatasetSerializer
 
+    @requires(WRITE)
     def create(self, request):
         """POST /datasets: store one tensor with its tags, description and download permission."""
         data = request.data
@@ -67,20 +69,24 @@ class DatasetViewSet(viewsets.GenericViewSet):
             description=description,
             allow_download=allow_download,
             staged=_staged_data(data),
+            uploaded_by=request.user,
         )
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
 
+    @requires(READ)
     def list(self, request):
         """GET /datasets: every dataset, or those carrying every `?tag=`, a page at a time."""
         datasets = services.dataset_list(tags=request.query_params.getlist("tag"))
         page = self.paginate_queryset(datasets)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
+    @requires(READ)
     def retrieve(self, request, dataset_id):
         """GET /datasets/<id>: a dataset's metadata."""
         dataset = services.dataset_get(dataset_id=check_object_id(dataset_id, "id"))
         return Response(self.get_serializer(dataset).data)
 
+    @requires(DOWNLOAD)
     def download(self, request, dataset_id):
         """GET /datasets/<id>/data: the tensor as encoded torch.save bytes, or as nested lists with ?format=json."""
         dataset = services.dataset_for_download(dataset_id=check_object_id(dataset_id, "id"))
@@ -96,6 +102,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
         raw = services.dataset_bytes(dataset=dataset)
         return Response({"encoding": encoding, "data": encode_bytes(raw, encoding)})
 
+    @requires(WRITE)
     def destroy(self, request, dataset_id):
         """DELETE /datasets/<id>: remove a dataset and its tensor file."""
         services.dataset_delete(dataset_id=check_object_id(dataset_id, "id"))
@@ -107,10 +114,12 @@ class DatasetSearchViewSet(viewsets.ViewSet):
 
     content_negotiation_class = JSONResponses
 
+    @requires(READ)
     def tags(self, request):
         """GET /dataset-tags: every tag some dataset carries, sorted, as a bare JSON array."""
         return Response(services.tag_names_in_use())
 
+    @requires(READ)
     def search(self, request):
         """POST /search {"query": [terms]}: {"content": true} when one dataset matches every term."""
         return Response({"content": services.datasets_search(terms=_search_terms(request))})

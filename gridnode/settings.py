@@ -6,6 +6,8 @@ With no variables at all the node runs on SQLite and local files under `var/` in
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from gridnode.env import (
     env_bool,
     env_int,
@@ -35,6 +37,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    # Not an app of its own: listed so Django finds `manage.py create_token` beside gridnode/auth.py.
+    "gridnode",
     "models_app",
     "datasets_app",
     "smpc_app",
@@ -137,6 +142,28 @@ GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 
+# Token auth per group of endpoints (README: "Security"). Open by default, as the seed says ("Auth required:
+# NO (can be changed)"); each switch closes one group to requests without a valid `Authorization: Token`.
+GRIDNODE_AUTH_READ = env_bool("GRIDNODE_AUTH_READ", False)
+GRIDNODE_AUTH_WRITE = env_bool("GRIDNODE_AUTH_WRITE", False)
+GRIDNODE_AUTH_INFERENCE = env_bool("GRIDNODE_AUTH_INFERENCE", False)
+GRIDNODE_AUTH_DOWNLOAD = env_bool("GRIDNODE_AUTH_DOWNLOAD", False)
+GRIDNODE_AUTH_METRICS = env_bool("GRIDNODE_AUTH_METRICS", False)
+
+# Behind a reverse proxy that ends TLS: trust its X-Forwarded-Proto (the proxy must set it, overwriting any
+# the client sent) and keep the admin's session and CSRF cookies off plain HTTP.
+GRIDNODE_BEHIND_TLS_PROXY = env_bool("GRIDNODE_BEHIND_TLS_PROXY", False)
+if GRIDNODE_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# Origins (scheme://host[:port]) the admin's forms may be posted from when the proxy's public address is not
+# the Host the node sees.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entries start with http:// or https://, not {_origin!r}.")
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["gridnode.http.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
@@ -144,9 +171,9 @@ REST_FRAMEWORK = {
         "gridnode.http.BoundedMultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    # Open by default, as the seed says ("Auth required: NO (can be changed)").
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # Tokens only (no session auth, so no CSRF on the API); each view declares its group (gridnode/auth.py).
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gridnode.auth.TokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["gridnode.auth.GroupPermission"],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "gridnode.errors.handle_api_exception",
 }

@@ -46,12 +46,20 @@ class HostedModelUploadForm(forms.ModelForm):
 
 @admin.register(HostedModel)
 class HostedModelAdmin(admin.ModelAdmin):
-    list_display = ["model_id", "kind", "archive_size", "allow_download", "allow_remote_inference", "created_at"]
+    list_display = [
+        "model_id",
+        "kind",
+        "archive_size",
+        "allow_download",
+        "allow_remote_inference",
+        "uploaded_by",
+        "created_at",
+    ]
     list_editable = ["allow_download", "allow_remote_inference"]
     list_filter = ["allow_download", "allow_remote_inference", "kind"]
     search_fields = ["model_id"]
     ordering = ["-created_at"]
-    readonly_fields = ["model_id", "kind", "archive", "size", "sha256", "created_at", "updated_at"]
+    readonly_fields = ["model_id", "kind", "archive", "size", "sha256", "uploaded_by", "created_at", "updated_at"]
 
     @admin.display(description="Size", ordering="size")
     def archive_size(self, obj: HostedModel) -> str:
@@ -69,7 +77,7 @@ class HostedModelAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["model_id", "archive_file", "allow_download", "allow_remote_inference"]
-        return [*self.readonly_fields[:5], "allow_download", "allow_remote_inference", *self.readonly_fields[5:]]
+        return [*self.readonly_fields[:6], "allow_download", "allow_remote_inference", *self.readonly_fields[6:]]
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -80,6 +88,7 @@ class HostedModelAdmin(admin.ModelAdmin):
             staged=form.staged,
             allow_download=form.cleaned_data["allow_download"],
             allow_remote_inference=form.cleaned_data["allow_remote_inference"],
+            uploaded_by=request.user,
         )
         # The admin logs and redirects using the object it passed in.
         obj.pk, obj.archive, obj.kind, obj.size, obj.sha256 = (
@@ -89,4 +98,4 @@ class HostedModelAdmin(admin.ModelAdmin):
             hosted.size,
             hosted.sha256,
         )
-        obj.created_at, obj.updated_at = hosted.created_at, hosted.updated_at
+        obj.uploaded_by, obj.created_at, obj.updated_at = hosted.uploaded_by, hosted.created_at, hosted.updated_at

@@ -6,9 +6,10 @@ rendering) about 100 µs. This middleware runs exactly the code the DRF view run
 (`models_app.inference.answer`) and renders the same bytes, without the machinery around it.
 
 It answers only what needs nothing more: a POST to an inference path, a JSON body within the body limit,
-a host Django would accept, and an inference that succeeds. Every other request, and every request that
-would fail, goes to Django unchanged (with the body it read put back), so error answers, and every rule
-that is not about running a model, come from the one place they are written: the DRF viewset.
+a host Django would accept, no token to check (inference auth off, no Authorization header), and an
+inference that succeeds. Every other request, and every request that would fail, goes to Django
+unchanged (with the body it read put back), so error answers, and every rule that is not about running a
+model, come from the one place they are written: the DRF viewset.
 """
 
 import io
@@ -68,6 +69,9 @@ class InferenceFastPath:
     def _may_answer(environ) -> bool:
         """Whether the request is one this path can answer as Django would (before reading the body)."""
         if environ.get("REQUEST_METHOD") != "POST":
+            return False
+        # Tokens are DRF's business: with inference auth on, or a token to check, Django answers.
+        if settings.GRIDNODE_AUTH_INFERENCE or "HTTP_AUTHORIZATION" in environ:
             return False
         if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
             return False

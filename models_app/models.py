@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -22,6 +23,14 @@ class HostedModel(models.Model):
     sha256 = models.CharField(max_length=64)
     allow_download = models.BooleanField(default=False)
     allow_remote_inference = models.BooleanField(default=False)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="uploaded_models",
+        help_text="The user whose token (or admin login) uploaded it; empty for anonymous uploads.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import IO
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 
+from gridnode.auth import authenticated_or_none
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.uploads import StagedFile, stage_to_disk
 from models_app import archives
@@ -76,9 +78,17 @@ def model_id_available(*, model_id: str) -> None:
 
 
 def model_serve(
-    *, model_id: str, staged: StagedArchive, allow_download: bool, allow_remote_inference: bool
+    *,
+    model_id: str,
+    staged: StagedArchive,
+    allow_download: bool,
+    allow_remote_inference: bool,
+    uploaded_by: AbstractBaseUser | None = None,
 ) -> HostedModel:
-    """Store a staged archive under a new model id; the unique constraint settles concurrent uploads."""
+    """Store a staged archive under a new model id; the unique constraint settles concurrent uploads.
+
+    `uploaded_by` is the authenticated user who sent it (None, or an anonymous user, records nobody).
+    """
     try:
         model_id_available(model_id=model_id)
         with StagedFile(staged.path) as staged_file:
@@ -93,6 +103,7 @@ def model_serve(
         sha256=staged.sha256,
         allow_download=allow_download,
         allow_remote_inference=allow_remote_inference,
+        uploaded_by=authenticated_or_none(uploaded_by),
     )
     try:
         hosted.full_clean(validate_unique=False, validate_constraints=False)

@@ -29,6 +29,7 @@ from rest_framework import viewsets
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 
+from gridnode.auth import INFERENCE, READ, requires
 from gridnode.errors import BadRequest, GridError, NotFound, PayloadTooLarge
 from gridnode.http import FastJSONRenderer, check_object_id
 from models_app import services
@@ -216,10 +217,12 @@ class OpenInferenceViewSet(viewsets.ViewSet):
     renderer_classes = [FastJSONRenderer]
     content_negotiation_class = JSONOnlyNegotiation
 
+    @requires(READ)
     def server_metadata(self, request):
         """GET /v2: the server's name, version and protocol extensions."""
         return Response({"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS})
 
+    @requires(READ)
     def model_metadata(self, request, model_id, version=None):
         """GET /v2/models/<id>: platform, versions, and the inputs and outputs the archive records."""
         loaded = _runnable_model(model_id, version)
@@ -234,11 +237,13 @@ class OpenInferenceViewSet(viewsets.ViewSet):
             }
         )
 
+    @requires(READ)
     def model_ready(self, request, model_id, version=None):
         """GET /v2/models/<id>/ready: 200 once the model is loaded (this loads it, warming the cache)."""
         _runnable_model(model_id, version)
         return Response({"name": model_id, "ready": True})
 
+    @requires(INFERENCE)
     def infer(self, request, model_id, version=None):
         """POST /v2/models/<id>/infer: run the model on v2 tensors and answer v2 tensors."""
         loaded = _runnable_model(model_id, version)

@@ -4,6 +4,7 @@ from django.http import FileResponse
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
+from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, requires
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
     LATIN1,
@@ -37,6 +38,7 @@ class HostedModelViewSet(viewsets.ViewSet):
 
     renderer_classes = [FastJSONRenderer, ArchiveRenderer]
 
+    @requires(WRITE)
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
         data = request.data
@@ -64,19 +66,23 @@ class HostedModelViewSet(viewsets.ViewSet):
             staged=staged,
             allow_download=allow_download,
             allow_remote_inference=allow_remote_inference,
+            uploaded_by=request.user,
         )
         return Response({"success": True, "message": f"Model saved with id: {model_id}"})
 
+    @requires(WRITE)
     def remove(self, request):
         """POST /delete-model: remove a model and its archive."""
         model_id = check_object_id(body_field(request.data, "model_id"), "model_id")
         services.model_delete(model_id=model_id)
         return Response({"success": True, "message": "Model deleted with success!"})
 
+    @requires(READ)
     def list(self, request):
         """GET /models: the ids of every hosted model."""
         return Response({"success": True, "models": services.model_ids()})
 
+    @requires(READ, success=False)
     def copy_allowed(self, request, model_id):
         """GET /is_model_copy_allowed/<id>: whether the owner lets others download the model."""
         try:
@@ -86,6 +92,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             raise
         return Response({"success": True})
 
+    @requires(DOWNLOAD)
     def download(self, request, model_id):
         """GET /get_model/<id>: the archive, as text in JSON or raw with Accept: application/octet-stream."""
         hosted = services.model_for_download(model_id=check_object_id(model_id, "model_id"))
@@ -97,6 +104,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             raw = stored.read()
         return Response({"serialized_model": encode_bytes(raw, encoding)})
 
+    @requires(INFERENCE, success=False, status=False)
     def infer(self, request, model_id):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""
         return Response(inference.answer(model_id=model_id, body=lambda: request.data))

@@ -5,6 +5,7 @@ from django.urls import reverse
 from rest_framework import exceptions, status, viewsets
 from rest_framework.response import Response
 
+from gridnode.auth import READ, WRITE, requires
 from gridnode.errors import BadRequest
 from gridnode.http import body_field, check_object_id
 from smpc_app import services
@@ -33,6 +34,7 @@ def _description(data) -> str:
 class EncryptedModelViewSet(viewsets.ViewSet):
     """Register, list, show and delete encrypted models, and tell clients where their pieces are."""
 
+    @requires(WRITE)
     def create(self, request):
         """POST /encrypted-models: register a model's workers and crypto provider(s)."""
         data = request.data
@@ -48,21 +50,25 @@ class EncryptedModelViewSet(viewsets.ViewSet):
             EncryptedModelSerializer(registration).data, status=status.HTTP_201_CREATED, headers={"Location": location}
         )
 
+    @requires(READ)
     def list(self, request):
         """GET /encrypted-models: every registration, oldest first."""
         registrations = services.encrypted_models()
         return Response({"encrypted_models": EncryptedModelSerializer(registrations, many=True).data})
 
+    @requires(READ)
     def retrieve(self, request, model_id):
         """GET /encrypted-models/<id>: one registration."""
         registration = services.encrypted_model_get(model_id=check_object_id(model_id, "model_id"))
         return Response(EncryptedModelSerializer(registration).data)
 
+    @requires(WRITE)
     def destroy(self, request, model_id):
         """DELETE /encrypted-models/<id>: remove a registration (the worker nodes themselves are not told)."""
         services.encrypted_model_delete(model_id=check_object_id(model_id, "model_id"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @requires(READ)
     def search(self, request):
         """POST /search-encrypted-models: the worker and crypto-provider URLs of a model, in order."""
         try:

@@ -1,4 +1,4 @@
-"""A stand-in node for the statuses the live node cannot produce today (401, 5xx, answers off contract)."""
+"""A stand-in node for what the live node does not answer (5xx, answers off contract) and for recording requests."""
 
 import http.server
 import json

@@ -1,6 +1,6 @@
 """How failures reach the caller: an unreachable node, the token and 401, 5xx, and answers off contract.
 
-Statuses the live node cannot produce today (401, 5xx) come from a stub HTTP server on loopback.
+These come from a stub HTTP server on loopback; test_auth.py has the live node's own 401s.
 """
 
 import pytest

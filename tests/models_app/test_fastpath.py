@@ -200,3 +200,46 @@ def test_requests_it_answers_are_counted_and_logged(apps, caplog):
         ("/model/jit", "model-inference", "jit", 200),
         ("/models/jit/", "model-inference-alias", "jit", 200),
     ]
+
+
+def with_token(app, key: str):
+    """The WSGI app with `Authorization: Token <key>` added to every request."""
+
+    def app_with_token(environ, start_response):
+        environ["HTTP_AUTHORIZATION"] = f"Token {key}"
+        return app(environ, start_response)
+
+    return app_with_token
+
+
+def test_with_inference_auth_on_a_tokenless_request_through_the_node_is_refused(apps, settings):
+    """The fast path must not answer past the token check: with inference auth on, Django (DRF) decides."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from gridnode.wsgi import application
+
+    settings.GRIDNODE_AUTH_INFERENCE = True
+    key = Token.objects.create(user=get_user_model().objects.create_user("alice")).key
+    body = json_body({"data": X})
+
+    status, headers, content = call(application, "POST", "/model/jit", body)
+    assert (status, headers["www-authenticate"]) == (401, "Token")
+    assert json.loads(content) == {
+        "success": False,
+        "status": False,
+        "error": "This endpoint needs a token: send 'Authorization: Token <key>'.",
+    }
+    assert call(with_token(application, "0" * 40), "POST", "/model/jit", body)[0] == 401
+
+    status, _, content = call(with_token(application, key), "POST", "/model/jit", body)
+    assert status == 200
+    assert json.loads(content)["success"] is True
+
+
+def test_a_request_carrying_a_token_goes_to_django_which_checks_it(apps):
+    """Even with inference open: a wrong token is a 401 on every path, never a 200 from the fast path."""
+    fast, django = apps
+
+    assert call(with_token(fast, "0" * 40), "POST", "/model/jit", json_body({"data": X}))[0] == 401
+    assert django.calls == 1
