@@ -128,6 +128,9 @@ GRIDNODE_MAX_UPLOAD_BYTES = env_int("GRIDNODE_MAX_UPLOAD_BYTES", 4 * 1024**3, mi
 GRIDNODE_MAX_MODEL_BYTES = env_int("GRIDNODE_MAX_MODEL_BYTES", 2 * 1024**3, minimum=1024)
 GRIDNODE_MAX_DATASET_BYTES = env_int("GRIDNODE_MAX_DATASET_BYTES", 1024**3, minimum=1024)
 GRIDNODE_MAX_TAGS_PER_DATASET = env_int("GRIDNODE_MAX_TAGS_PER_DATASET", 100, minimum=1)
+# Rows (the first dimension of every input) one inference may run: a small body can still ask a model for a
+# batch whose activations fill the memory.
+GRIDNODE_MAX_INFERENCE_BATCH = env_int("GRIDNODE_MAX_INFERENCE_BATCH", 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GRIDNODE_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 

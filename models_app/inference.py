@@ -5,6 +5,7 @@ import json
 from collections.abc import Callable
 
 import torch
+from django.conf import settings
 
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
@@ -33,12 +34,22 @@ def answer(*, model_id: str, body: Callable[[], object]) -> dict:
         data = body()
         all_outputs = parse_bool(body_field(data, "all_outputs"), "all_outputs")
         inputs, encoding = inference_inputs(data, loaded)
+        for position, tensor in enumerate(inputs):
+            if tensor.dim() > 0:
+                batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
         output = loaded.run(inputs, all_outputs=all_outputs)
         prediction = prediction_payload(output, encoding)
     except GridError as exc:
         exc.fields.update(success=False, status=False)
         raise
     return {"success": True, "status": True, "prediction": prediction}
+
+
+def batch_check(*, rows: int, what: str) -> None:
+    """A 400 when an input has more rows (its first dimension) than GRIDNODE_MAX_INFERENCE_BATCH allows."""
+    limit = settings.GRIDNODE_MAX_INFERENCE_BATCH
+    if rows > limit:
+        raise BadRequest(f"{what} has {rows} rows, over this node's batch size limit of {limit} rows per inference.")
 
 
 def inference_inputs(data, loaded: LoadedModel) -> tuple[list, str]:

@@ -34,6 +34,7 @@ from gridnode.errors import BadRequest, GridError, NotFound, PayloadTooLarge
 from gridnode.http import FastJSONRenderer, check_object_id
 from models_app import services
 from models_app.archives import PLAN, LoadedModel
+from models_app.inference import batch_check
 
 SERVER_NAME = "gridnode"
 EXTENSIONS = ["binary_tensor_data"]
@@ -328,6 +329,8 @@ def _input_tensors(body: dict, binary: memoryview, signature: Signature, loaded:
             raise BadRequest(f"Input {spec.name} is given twice.")
         datatype = _datatype(item.get("datatype"), spec)
         shape = _shape(item.get("shape"), spec)
+        if shape:
+            batch_check(rows=shape[0], what=f"Input {spec.name}")
         parameters = _parameters(item, f"input {spec.name}")
         size = parameters.get("binary_data_size")
         if size is not None:
