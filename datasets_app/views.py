@@ -2,6 +2,7 @@
 
 import json
 
+from django.conf import settings
 from rest_framework import pagination, status, viewsets
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.response import Response
@@ -22,6 +23,7 @@ from gridnode.http import (
     parse_encoding,
 )
 from gridnode.tensors import tensor_to_json
+from gridnode.uploads import limit_file_parts
 
 INVALID_PAYLOAD = "Invalid payload format"
 
@@ -55,6 +57,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
     @requires(WRITE)
     def create(self, request):
         """POST /datasets: store one tensor with its tags, description and download permission."""
+        limit_file_parts(request, limit=settings.GRIDNODE_MAX_DATASET_BYTES, what="dataset")
         data = request.data
         raw_id = body_field(data, "id")
         dataset_id = None if raw_id is None or raw_id == "" else check_object_id(raw_id, "id")

@@ -7,7 +7,7 @@ and Django-level failures (no route, crashes) go through the JSON handlers in `u
 import logging
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.http import Http404, JsonResponse
+from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf_exceptions
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ def handle_api_exception(exc: Exception, context: dict) -> JsonResponse | None:
         return exc.response()
     if isinstance(exc, RequestDataTooBig):
         return error_response("The request body is larger than this node accepts.", status_code=413)
+    if isinstance(exc, UnreadablePostError):
+        # The client stopped sending mid-body (gridnode.uploads.WholeBodies): nothing is stored, no 500.
+        return error_response("The request body ended before its Content-Length.", status_code=400)
     if isinstance(exc, drf_exceptions.APIException):
         response = error_response(_drf_message(exc), status_code=exc.status_code)
         if isinstance(exc, drf_exceptions.MethodNotAllowed):

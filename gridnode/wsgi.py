@@ -1,4 +1,8 @@
-"""WSGI entry point: `gunicorn gridnode.wsgi`, Django behind the inference fast path."""
+"""WSGI entry point: `gunicorn gridnode.wsgi`, Django behind the inference fast path.
+
+Django's requests pass `WholeBodies` (gridnode/uploads.py): bodies are read whole or refused, and
+staged upload parts go with their request.
+"""
 
 import os
 
@@ -7,6 +11,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
 django_application = get_wsgi_application()
 
-from models_app.fastpath import InferenceFastPath  # noqa: E402  (needs Django set up first)
+from gridnode.uploads import WholeBodies  # noqa: E402  (needs Django set up first)
+from models_app.fastpath import InferenceFastPath  # noqa: E402
 
-application = InferenceFastPath(django_application)
+application = InferenceFastPath(WholeBodies(django_application))

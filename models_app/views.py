@@ -1,5 +1,6 @@
 """The seed's model endpoints: parse the request, call a service, answer in the contract's shape."""
 
+from django.conf import settings
 from django.http import FileResponse
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
@@ -17,6 +18,7 @@ from gridnode.http import (
     parse_bool,
     parse_encoding,
 )
+from gridnode.uploads import limit_file_parts
 from models_app import inference, services
 from models_app.archives import JIT, PLAN
 
@@ -41,6 +43,7 @@ class HostedModelViewSet(viewsets.ViewSet):
     @requires(WRITE)
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
+        limit_file_parts(request, limit=settings.GRIDNODE_MAX_MODEL_BYTES, what="model")
         data = request.data
         model_id = check_object_id(body_field(data, "model_id"), "model_id")
         allow_download = parse_bool(body_field(data, "allow_download"), "allow_download")
@@ -107,4 +110,6 @@ class HostedModelViewSet(viewsets.ViewSet):
     @requires(INFERENCE, success=False, status=False)
     def infer(self, request, model_id):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""
+        # A multipart part is read into memory to run the model, like a JSON body: the same bound.
+        limit_file_parts(request, limit=settings.GRIDNODE_MAX_BODY_BYTES, what="inference data")
         return Response(inference.answer(model_id=model_id, body=lambda: request.data))
