@@ -360,3 +360,8 @@ def datasets_search(*, terms: list[str]) -> bool:
         return False
     first, *others = (_datasets_matching(term) for term in distinct)
     return (first.intersection(*others) if others else first).exists()
+
+
+def dataset_file_names() -> dict[str, str]:
+    """The storage name of every dataset's tensor file, with its dataset id (for `manage.py storage_check`)."""
+    return dict(Dataset.objects.order_by().values_list("data", "dataset_id"))

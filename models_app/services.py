@@ -190,3 +190,8 @@ def model_for_inference(*, model_id: str) -> LoadedModel:
             raise NotFound("Model not found.") from None
         model_cache.put(key, loaded)
     return loaded
+
+
+def model_archive_names() -> dict[str, str]:
+    """The storage name of every hosted model's archive, with its model id (for `manage.py storage_check`)."""
+    return dict(HostedModel.objects.order_by().values_list("archive", "model_id"))
