@@ -22,8 +22,8 @@ from tests.reliability.helpers import request
 
 NEEDS_POSTGRESQL = pytest.mark.skipif(
     connection.vendor != "postgresql",
-    reason="a server process and the tests must share one database: the SQLite test database lives in this "
-    "process's memory, and SQLite serializes writers (CI runs these on PostgreSQL)",
+    reason="needs PostgreSQL (CI runs it): concurrent writers, and server processes sharing the test's "
+    "database; SQLite serializes writers and its test database lives in this process's memory",
 )
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 
