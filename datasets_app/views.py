@@ -3,6 +3,7 @@
 import json
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import pagination, status, viewsets
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.response import Response
@@ -22,10 +23,44 @@ from gridnode.http import (
     parse_bool,
     parse_encoding,
 )
+from gridnode.schema import (
+    BOOLEAN_FIELD,
+    ENCODING_FIELD,
+    EXAMPLE_DATASET_ID,
+    OBJECT_ID_SCHEMA,
+    errors,
+    id_parameter,
+    json_form_and_multipart,
+)
 from gridnode.tensors import tensor_to_json
 from gridnode.uploads import limit_file_parts
 
 INVALID_PAYLOAD = "Invalid payload format"
+
+
+_CREATE_BODY = {
+    "type": "object",
+    "properties": {
+        "id": {**OBJECT_ID_SCHEMA, "description": f"{OBJECT_ID_SCHEMA['description']}; a uuid4 when absent."},
+        "tags": {"type": "array", "items": {"type": "string"}, "description": "1-100 characters each."},
+        "description": {"type": "string"},
+        "allow_download": BOOLEAN_FIELD,
+        "encoding": {**ENCODING_FIELD, "description": "json (the default for arrays), ISO-8859-1 or base64."},
+        "data": {
+            "description": "The tensor: a (nested) JSON array of numbers, or torch.save bytes as text under"
+            " 'encoding'.",
+        },
+        "dtype": {"type": "string", "description": "The dtype of JSON data (default float32)."},
+    },
+    "required": ["data"],
+}
+_DATASET_ID = id_parameter("dataset_id", EXAMPLE_DATASET_ID, "The dataset's id")
+_SEARCH_BODY = {
+    "type": "object",
+    "properties": {"query": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+    "required": ["query"],
+}
+_INVALID_PAYLOAD = 'Not JSON, no `query`, or not a non-empty list of strings: `{"error": "Invalid payload format"}`.'
 
 
 class JSONResponses(BaseContentNegotiation):
@@ -54,6 +89,13 @@ class DatasetViewSet(viewsets.GenericViewSet):
     pagination_class = DatasetPagination
     serializer_class = DatasetSerializer
 
+    @extend_schema(
+        operation_id="create_dataset",
+        summary="Store one tensor with its tags, description and download permission (group: write).",
+        tags=["datasets"],
+        request=json_form_and_multipart(_CREATE_BODY, files=("data",)),
+        responses={201: DatasetSerializer, **errors(400, 401, 409, 411, 413, 415)},
+    )
     @requires(WRITE)
     def create(self, request):
         """POST /datasets: store one tensor with its tags, description and download permission."""
@@ -76,6 +118,15 @@ class DatasetViewSet(viewsets.GenericViewSet):
         )
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        operation_id="list_datasets",
+        summary="Every dataset, or those carrying every ?tag=, a page at a time (group: read).",
+        tags=["datasets"],
+        parameters=[
+            OpenApiParameter("tag", str, many=True, explode=True, description="Keep datasets carrying this tag."),
+        ],
+        responses={200: DatasetSerializer(many=True), **errors(401, 404, e404="A page past the last one.")},
+    )
     @requires(READ)
     def list(self, request):
         """GET /datasets: every dataset, or those carrying every `?tag=`, a page at a time."""
@@ -83,12 +134,60 @@ class DatasetViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(datasets)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
+    @extend_schema(
+        operation_id="get_dataset",
+        summary="A dataset's metadata (group: read).",
+        tags=["datasets"],
+        parameters=[_DATASET_ID],
+        responses={200: DatasetSerializer, **errors(400, 401, 404)},
+    )
     @requires(READ)
     def retrieve(self, request, dataset_id):
         """GET /datasets/<id>: a dataset's metadata."""
         dataset = services.dataset_get(dataset_id=check_object_id(dataset_id, "id"))
         return Response(self.get_serializer(dataset).data)
 
+    @extend_schema(
+        operation_id="download_dataset",
+        summary="The tensor as encoded torch.save bytes, or nested lists with ?format=json (group: download).",
+        tags=["datasets"],
+        parameters=[
+            _DATASET_ID,
+            OpenApiParameter("format", str, enum=["json"], description="json: the tensor as nested lists."),
+            OpenApiParameter(
+                "encoding",
+                str,
+                enum=["ISO-8859-1", "latin-1", "latin1", "base64"],
+                description="How torch.save bytes are made text (default ISO-8859-1).",
+            ),
+        ],
+        responses={
+            200: OpenApiResponse(
+                {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {"encoding": {"type": "string"}, "data": {"type": "string"}},
+                            "required": ["encoding", "data"],
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "properties": {
+                                "shape": {"type": "array", "items": {"type": "integer"}},
+                                "dtype": {"type": "string"},
+                                "data": {"description": "Nested lists of numbers (or a number for 0-d)."},
+                            },
+                            "required": ["shape", "dtype", "data"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+                description="torch.save bytes as text under `encoding`, or with ?format=json the nested lists.",
+            ),
+            **errors(400, 401, 403, 404),
+        },
+    )
     @requires(DOWNLOAD)
     def download(self, request, dataset_id):
         """GET /datasets/<id>/data: the tensor as encoded torch.save bytes, or as nested lists with ?format=json."""
@@ -105,6 +204,13 @@ class DatasetViewSet(viewsets.GenericViewSet):
         raw = services.dataset_bytes(dataset=dataset)
         return Response({"encoding": encoding, "data": encode_bytes(raw, encoding)})
 
+    @extend_schema(
+        operation_id="delete_dataset",
+        summary="Remove a dataset and its tensor file (group: write).",
+        tags=["datasets"],
+        parameters=[_DATASET_ID],
+        responses={204: OpenApiResponse(description="Deleted."), **errors(400, 401, 404)},
+    )
     @requires(WRITE)
     def destroy(self, request, dataset_id):
         """DELETE /datasets/<id>: remove a dataset and its tensor file."""
@@ -117,11 +223,28 @@ class DatasetSearchViewSet(viewsets.ViewSet):
 
     content_negotiation_class = JSONResponses
 
+    @extend_schema(
+        operation_id="dataset_tags",
+        summary="Every tag some dataset carries, sorted by code point, as a bare JSON array (group: read).",
+        tags=["datasets"],
+        responses={200: {"type": "array", "items": {"type": "string"}}, **errors(401)},
+    )
     @requires(READ)
     def tags(self, request):
         """GET /dataset-tags: every tag some dataset carries, sorted, as a bare JSON array."""
         return Response(services.tag_names_in_use())
 
+    @extend_schema(
+        operation_id="search_datasets",
+        summary='{"content": true} when one dataset matches every term: a tag, its id, or a substring of its'
+        " description (group: read). The body is read as JSON whatever its Content-Type.",
+        tags=["datasets"],
+        request={"application/json": _SEARCH_BODY},
+        responses={
+            200: {"type": "object", "properties": {"content": {"type": "boolean"}}, "required": ["content"]},
+            **errors(400, 401, 411, 413, e400=_INVALID_PAYLOAD),
+        },
+    )
     @requires(READ)
     def search(self, request):
         """POST /search {"query": [terms]}: {"content": true} when one dataset matches every term."""

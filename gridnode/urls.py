@@ -2,8 +2,10 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularSwaggerView
 
 from gridnode import auth, health, observability
+from gridnode.schema_views import SchemaView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,6 +13,8 @@ urlpatterns = [
     re_path(r"^readyz/?$", health.readiness, name="readyz"),
     # Probes stay open whatever the auth switches say; metrics have their own (GRIDNODE_AUTH_METRICS).
     re_path(r"^metrics/?$", auth.protect(observability.metrics, auth.METRICS), name="metrics"),
+    re_path(r"^api/schema/?$", SchemaView.as_view(), name="schema"),
+    re_path(r"^api/schema/swagger-ui/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("models_app.v2_urls")),
     path("", include("models_app.urls")),
     path("", include("datasets_app.urls")),

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
@@ -17,6 +18,16 @@ from gridnode.http import (
     is_upload,
     parse_bool,
     parse_encoding,
+)
+from gridnode.schema import (
+    BOOLEAN_FIELD,
+    ENCODING_FIELD,
+    EXAMPLE_MODEL_ID,
+    OBJECT_ID_SCHEMA,
+    error_with,
+    errors,
+    id_parameter,
+    json_form_and_multipart,
 )
 from gridnode.uploads import limit_file_parts
 from models_app import inference, services
@@ -35,11 +46,72 @@ class ArchiveRenderer(renderers.BaseRenderer):
         return data
 
 
+def _message(text: str) -> dict:
+    return {
+        "type": "object",
+        "properties": {"success": {"type": "boolean", "enum": [True]}, "message": {"type": "string"}},
+        "required": ["success", "message"],
+        "description": text,
+    }
+
+
+_SERVE_BODY = {
+    "type": "object",
+    "properties": {
+        "model_id": OBJECT_ID_SCHEMA,
+        "model": {
+            "type": "string",
+            "description": "A torch.jit.save or torch.export.save archive, as text under 'encoding'.",
+        },
+        "encoding": ENCODING_FIELD,
+        "allow_download": BOOLEAN_FIELD,
+        "allow_remote_inference": BOOLEAN_FIELD,
+        "model_type": {"type": "string", "enum": ["jit", "plan", ""], "description": "Must match the archive."},
+    },
+    "required": ["model_id", "model"],
+}
+_DELETE_BODY = {"type": "object", "properties": {"model_id": OBJECT_ID_SCHEMA}, "required": ["model_id"]}
+_INFER_BODY = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "description": "A (nested) JSON array of numbers, a list of them (one per model input), or"
+            " torch.save bytes of a tensor (or list of tensors) as text under 'encoding'.",
+        },
+        "encoding": {**ENCODING_FIELD, "description": "json (the default for arrays), ISO-8859-1 or base64."},
+        "all_outputs": BOOLEAN_FIELD,
+    },
+    "required": ["data"],
+}
+_PREDICTION = {
+    "type": "object",
+    "properties": {
+        "success": {"type": "boolean", "enum": [True]},
+        "status": {"type": "boolean", "enum": [True]},
+        "prediction": {
+            "description": "Nested JSON arrays for JSON data (NaN and infinity as null); torch.save bytes as"
+            " text under the request's encoding for serialized data; a list of outputs with all_outputs.",
+        },
+    },
+    "required": ["success", "status", "prediction"],
+}
+_MODEL_ID = id_parameter("model_id", EXAMPLE_MODEL_ID, "The model's id")
+_NOT_SUCCESS = error_with(success=False)
+_NOT_SUCCESS_NOR_STATUS = error_with(success=False, status=False)
+
+
 class HostedModelViewSet(viewsets.ViewSet):
     """Serve, list, delete, download and run the models hosted on this node."""
 
     renderer_classes = [FastJSONRenderer, ArchiveRenderer]
 
+    @extend_schema(
+        operation_id="serve_model",
+        summary="Store a TorchScript (jit) or torch.export (plan) archive under a new id (group: write).",
+        tags=["models"],
+        request=json_form_and_multipart(_SERVE_BODY, files=("model",)),
+        responses={200: _message("Model saved with id: <id>"), **errors(400, 401, 409, 411, 413, 415)},
+    )
     @requires(WRITE)
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
@@ -73,6 +145,13 @@ class HostedModelViewSet(viewsets.ViewSet):
         )
         return Response({"success": True, "message": f"Model saved with id: {model_id}"})
 
+    @extend_schema(
+        operation_id="delete_model",
+        summary="Delete a model and its archive (group: write).",
+        tags=["models"],
+        request=json_form_and_multipart(_DELETE_BODY),
+        responses={200: _message("Model deleted with success!"), **errors(400, 401, 404, 411, 413, 415)},
+    )
     @requires(WRITE)
     def remove(self, request):
         """POST /delete-model: remove a model and its archive."""
@@ -80,11 +159,41 @@ class HostedModelViewSet(viewsets.ViewSet):
         services.model_delete(model_id=model_id)
         return Response({"success": True, "message": "Model deleted with success!"})
 
+    @extend_schema(
+        operation_id="list_models",
+        summary="The ids of every hosted model, oldest first (group: read).",
+        tags=["models"],
+        responses={
+            200: {
+                "type": "object",
+                "properties": {
+                    "success": {"type": "boolean", "enum": [True]},
+                    "models": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["success", "models"],
+            },
+            **errors(401),
+        },
+    )
     @requires(READ)
     def list(self, request):
         """GET /models: the ids of every hosted model."""
         return Response({"success": True, "models": services.model_ids()})
 
+    @extend_schema(
+        operation_id="is_model_copy_allowed",
+        summary="Whether the owner lets others download the model (group: read).",
+        tags=["models"],
+        parameters=[_MODEL_ID],
+        responses={
+            200: {
+                "type": "object",
+                "properties": {"success": {"type": "boolean", "enum": [True]}},
+                "required": ["success"],
+            },
+            **errors(400, 401, 403, 404, schema=_NOT_SUCCESS),
+        },
+    )
     @requires(READ, success=False)
     def copy_allowed(self, request, model_id):
         """GET /is_model_copy_allowed/<id>: whether the owner lets others download the model."""
@@ -95,6 +204,35 @@ class HostedModelViewSet(viewsets.ViewSet):
             raise
         return Response({"success": True})
 
+    @extend_schema(
+        operation_id="get_model",
+        summary="Download a model's archive: text in JSON, or raw with Accept: application/octet-stream"
+        " (group: download).",
+        tags=["models"],
+        parameters=[
+            _MODEL_ID,
+            OpenApiParameter(
+                "encoding",
+                str,
+                description="How the archive is made text: ISO-8859-1 (default) or base64.",
+                enum=["ISO-8859-1", "latin-1", "latin1", "base64"],
+            ),
+        ],
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                {
+                    "type": "object",
+                    "properties": {"serialized_model": {"type": "string"}},
+                    "required": ["serialized_model"],
+                },
+                description="The archive's exact bytes as text under the encoding.",
+            ),
+            (200, "application/octet-stream"): OpenApiResponse(
+                {"type": "string", "format": "binary"}, description="The archive's exact bytes."
+            ),
+            **errors(400, 401, 403, 404),
+        },
+    )
     @requires(DOWNLOAD)
     def download(self, request, model_id):
         """GET /get_model/<id>: the archive, as text in JSON or raw with Accept: application/octet-stream."""
@@ -107,6 +245,14 @@ class HostedModelViewSet(viewsets.ViewSet):
             raw = stored.read()
         return Response({"serialized_model": encode_bytes(raw, encoding)})
 
+    @extend_schema(
+        operation_id="run_inference",
+        summary="Run the model on the caller's data and answer its prediction (group: inference).",
+        tags=["models"],
+        parameters=[_MODEL_ID],
+        request=json_form_and_multipart(_INFER_BODY, files=("data",)),
+        responses={200: _PREDICTION, **errors(400, 401, 403, 404, 411, 413, 415, schema=_NOT_SUCCESS_NOR_STATUS)},
+    )
     @requires(INFERENCE, success=False, status=False)
     def infer(self, request, model_id):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""

@@ -2,12 +2,14 @@
 
 from django.http import QueryDict
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.response import Response
 
 from gridnode.auth import READ, WRITE, requires
 from gridnode.errors import BadRequest
 from gridnode.http import body_field, check_object_id
+from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, OBJECT_ID_SCHEMA, errors, id_parameter, json_form_and_multipart
 from smpc_app import services
 from smpc_app.serializers import EncryptedModelSerializer
 
@@ -31,9 +33,31 @@ def _description(data) -> str:
     return value
 
 
+_URLS = {"type": "array", "items": {"type": "string", "format": "uri"}}
+_REGISTER_BODY = {
+    "type": "object",
+    "properties": {
+        "model_id": OBJECT_ID_SCHEMA,
+        "workers": {**_URLS, "description": "At least two distinct absolute http(s) URLs."},
+        "crypto_provider": {**_URLS, "description": "At least one http(s) URL, not a worker."},
+        "description": {"type": "string"},
+    },
+    "required": ["model_id", "workers", "crypto_provider"],
+}
+_MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
+_INVALID_PAYLOAD = 'Not JSON, no `model_id`, or not a string: `{"error": "Invalid payload format"}`.'
+
+
 class EncryptedModelViewSet(viewsets.ViewSet):
     """Register, list, show and delete encrypted models, and tell clients where their pieces are."""
 
+    @extend_schema(
+        operation_id="register_encrypted_model",
+        summary="Register a model's workers and crypto provider(s) (group: write).",
+        tags=["encrypted models"],
+        request=json_form_and_multipart(_REGISTER_BODY),
+        responses={201: EncryptedModelSerializer, **errors(400, 401, 409, 411, 413, 415)},
+    )
     @requires(WRITE)
     def create(self, request):
         """POST /encrypted-models: register a model's workers and crypto provider(s)."""
@@ -50,24 +74,69 @@ class EncryptedModelViewSet(viewsets.ViewSet):
             EncryptedModelSerializer(registration).data, status=status.HTTP_201_CREATED, headers={"Location": location}
         )
 
+    @extend_schema(
+        operation_id="list_encrypted_models",
+        summary="Every registration, oldest first (group: read).",
+        tags=["encrypted models"],
+        responses={
+            200: {
+                "type": "object",
+                "properties": {
+                    "encrypted_models": {"type": "array", "items": {"$ref": "#/components/schemas/EncryptedModel"}}
+                },
+                "required": ["encrypted_models"],
+            },
+            **errors(401),
+        },
+    )
     @requires(READ)
     def list(self, request):
         """GET /encrypted-models: every registration, oldest first."""
         registrations = services.encrypted_models()
         return Response({"encrypted_models": EncryptedModelSerializer(registrations, many=True).data})
 
+    @extend_schema(
+        operation_id="get_encrypted_model",
+        summary="One registration (group: read).",
+        tags=["encrypted models"],
+        parameters=[_MODEL_ID],
+        responses={200: EncryptedModelSerializer, **errors(400, 401, 404)},
+    )
     @requires(READ)
     def retrieve(self, request, model_id):
         """GET /encrypted-models/<id>: one registration."""
         registration = services.encrypted_model_get(model_id=check_object_id(model_id, "model_id"))
         return Response(EncryptedModelSerializer(registration).data)
 
+    @extend_schema(
+        operation_id="delete_encrypted_model",
+        summary="Remove a registration (group: write).",
+        tags=["encrypted models"],
+        parameters=[_MODEL_ID],
+        responses={204: OpenApiResponse(description="Deleted."), **errors(400, 401, 404)},
+    )
     @requires(WRITE)
     def destroy(self, request, model_id):
         """DELETE /encrypted-models/<id>: remove a registration (the worker nodes themselves are not told)."""
         services.encrypted_model_delete(model_id=check_object_id(model_id, "model_id"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        operation_id="search_encrypted_models",
+        summary="The worker and crypto-provider URLs of a model, in registration order (group: read).",
+        tags=["encrypted models"],
+        request=json_form_and_multipart(
+            {"type": "object", "properties": {"model_id": {"type": "string"}}, "required": ["model_id"]}
+        ),
+        responses={
+            200: {
+                "type": "object",
+                "properties": {"workers": _URLS, "crypto_provider": _URLS},
+                "required": ["workers", "crypto_provider"],
+            },
+            **errors(400, 401, 404, 411, 413, e400=_INVALID_PAYLOAD),
+        },
+    )
     @requires(READ)
     def search(self, request):
         """POST /search-encrypted-models: the worker and crypto-provider URLs of a model, in order."""
