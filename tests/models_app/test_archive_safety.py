@@ -120,17 +120,43 @@ def test_a_plan_with_a_missing_weight_is_refused(api, mlp_plan):
     assert "missing" in response.json()["error"]
 
 
-def test_a_jit_archive_with_a_foreign_global_is_refused(api, mlp_jit, tmp_path):
+@pytest.mark.parametrize(
+    ("protocol", "message"),
+    [
+        # Protocol 2 names `io open` with GLOBAL, as TorchScript's own pickler names its globals...
+        (2, "The TorchScript archive's pickles name a global this node does not load."),
+        # ...later protocols with STACK_GLOBAL, which TorchScript never writes.
+        (4, "The TorchScript archive holds a pickle that TorchScript does not write."),
+    ],
+)
+def test_a_jit_archive_with_a_foreign_global_is_refused_before_loading(api, mlp_jit, tmp_path, protocol, message):
     canary = tmp_path / "canary"
     entries = entries_of(mlp_jit)
-    entries[entry(entries, "/data.pkl")] = pickle.dumps(WritesCanary(canary))
+    entries[entry(entries, "/data.pkl")] = pickle.dumps(WritesCanary(canary), protocol=protocol)
 
     response = upload(api, zip_of(entries))
 
     assert response.status_code == 400
-    assert response.json()["error"].startswith("The TorchScript archive does not load")
+    assert response.json() == {"error": message}
     assert not canary.exists()
     assert HostedModel.objects.count() == 0
+
+
+def test_a_jit_archive_with_an_unreadable_pickle_is_refused(api, mlp_jit):
+    entries = entries_of(mlp_jit)
+    entries[entry(entries, "/constants.pkl")] = b"\x80\x02\xff not a pickle"
+
+    response = upload(api, zip_of(entries))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "The TorchScript archive holds a pickle that cannot be read."}
+
+
+def test_a_jit_archive_saved_by_torch_passes_the_pickle_check(api, mlp_jit):
+    response = upload(api, mlp_jit)
+
+    assert response.status_code == 200
+    assert HostedModel.objects.filter(model_id="hostile", kind="jit").exists()
 
 
 def test_a_raw_pickle_as_model_is_refused(api, tmp_path):
