@@ -130,6 +130,18 @@ def _as_form_field(field: dict) -> dict:
 class GridAutoSchema(AutoSchema):
     """drf-spectacular's AutoSchema, giving an alias path its own operation id (`<seed route's id>_alias`)."""
 
+    def _is_list_view(self, serializer=None):
+        # A list action described by a raw JSON schema (`{"models": [...]}`) is that object, not an array of it.
+        responses = self.get_response_serializers() if serializer is None else serializer
+        if isinstance(responses, dict) and responses and "type" not in responses and "$ref" not in responses:
+            main = min(responses.items(), key=lambda item: str(item[0][0] if isinstance(item[0], tuple) else item[0]))
+            responses = main[1]
+        if isinstance(responses, OpenApiResponse):
+            responses = responses.response
+        if isinstance(responses, dict):
+            return False
+        return super()._is_list_view(serializer)
+
     def get_operation(self, path, path_regex, path_prefix, method, registry):
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
         seed_path = ALIASES.get(path.rstrip("/"))

@@ -97,6 +97,9 @@ _PREDICTION = {
 }
 _MODEL_ID = id_parameter("model_id", EXAMPLE_MODEL_ID, "The model's id")
 _NOT_SUCCESS = error_with(success=False)
+# DRF reads `?format=` on this view to pick its renderer (json or bin): any other value is a 404.
+_MODEL_OR_FORMAT = "No model with this id, or an unknown ?format= (json and bin are known)."
+_UNKNOWN_FORMAT = errors(404, e404="An unknown ?format= (json and bin are known).")
 _NOT_SUCCESS_NOR_STATUS = error_with(success=False, status=False)
 
 
@@ -110,7 +113,11 @@ class HostedModelViewSet(viewsets.ViewSet):
         summary="Store a TorchScript (jit) or torch.export (plan) archive under a new id (group: write).",
         tags=["models"],
         request=json_form_and_multipart(_SERVE_BODY, files=("model",)),
-        responses={200: _message("Model saved with id: <id>"), **errors(400, 401, 409, 411, 413, 415)},
+        responses={
+            200: _message("Model saved with id: <id>"),
+            **errors(400, 401, 409, 411, 413, 415),
+            **_UNKNOWN_FORMAT,
+        },
     )
     @requires(WRITE)
     def serve(self, request):
@@ -150,7 +157,10 @@ class HostedModelViewSet(viewsets.ViewSet):
         summary="Delete a model and its archive (group: write).",
         tags=["models"],
         request=json_form_and_multipart(_DELETE_BODY),
-        responses={200: _message("Model deleted with success!"), **errors(400, 401, 404, 411, 413, 415)},
+        responses={
+            200: _message("Model deleted with success!"),
+            **errors(400, 401, 404, 411, 413, 415, e404=_MODEL_OR_FORMAT),
+        },
     )
     @requires(WRITE)
     def remove(self, request):
@@ -173,6 +183,7 @@ class HostedModelViewSet(viewsets.ViewSet):
                 "required": ["success", "models"],
             },
             **errors(401),
+            **_UNKNOWN_FORMAT,
         },
     )
     @requires(READ)
@@ -191,7 +202,8 @@ class HostedModelViewSet(viewsets.ViewSet):
                 "properties": {"success": {"type": "boolean", "enum": [True]}},
                 "required": ["success"],
             },
-            **errors(400, 401, 403, 404, schema=_NOT_SUCCESS),
+            **errors(400, 401, 403, schema=_NOT_SUCCESS),
+            **errors(404, e404=f"{_MODEL_OR_FORMAT} The model's 404 adds success: false."),
         },
     )
     @requires(READ, success=False)
@@ -230,7 +242,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             (200, "application/octet-stream"): OpenApiResponse(
                 {"type": "string", "format": "binary"}, description="The archive's exact bytes."
             ),
-            **errors(400, 401, 403, 404),
+            **errors(400, 401, 403, 404, e404=_MODEL_OR_FORMAT),
         },
     )
     @requires(DOWNLOAD)
@@ -239,7 +251,13 @@ class HostedModelViewSet(viewsets.ViewSet):
         hosted = services.model_for_download(model_id=check_object_id(model_id, "model_id"))
         if request.accepted_renderer.format == ArchiveRenderer.format:
             suffix = ".pt2" if hosted.kind == PLAN else ".pt"
-            return FileResponse(hosted.archive.open("rb"), as_attachment=True, filename=f"{hosted.model_id}{suffix}")
+            # The type is stated: guessed from the file name, a .pt archive was application/vnd.snesdev-page-table.
+            return FileResponse(
+                hosted.archive.open("rb"),
+                as_attachment=True,
+                filename=f"{hosted.model_id}{suffix}",
+                content_type=ArchiveRenderer.media_type,
+            )
         encoding = parse_encoding(request.query_params.get("encoding") or LATIN1, allow_json=False)
         with hosted.archive.open("rb") as stored:
             raw = stored.read()
@@ -251,7 +269,14 @@ class HostedModelViewSet(viewsets.ViewSet):
         tags=["models"],
         parameters=[_MODEL_ID],
         request=json_form_and_multipart(_INFER_BODY, files=("data",)),
-        responses={200: _PREDICTION, **errors(400, 401, 403, 404, 411, 413, 415, schema=_NOT_SUCCESS_NOR_STATUS)},
+        responses={
+            200: _PREDICTION,
+            **errors(401, 403, schema=_NOT_SUCCESS_NOR_STATUS),
+            # What the view itself refuses adds success and status false; a body DRF cannot parse, an unknown
+            # ?format= and the body limits answer the plain shape.
+            **errors(400, 411, 413, 415),
+            **errors(404, e404=f"{_MODEL_OR_FORMAT} The model's 404 adds success and status false."),
+        },
     )
     @requires(INFERENCE, success=False, status=False)
     def infer(self, request, model_id):
