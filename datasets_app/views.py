@@ -3,7 +3,7 @@
 import json
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import pagination, status, viewsets
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.response import Response
@@ -94,6 +94,14 @@ class DatasetViewSet(viewsets.GenericViewSet):
         summary="Store one tensor with its tags, description and download permission (group: write).",
         tags=["datasets"],
         request=json_form_and_multipart(_CREATE_BODY, files=("data",)),
+        examples=[
+            OpenApiExample(
+                "Rows as JSON",
+                value={"tags": ["#demo", "#train"], "description": "two rows", "data": [[1, 2, 3, 4], [5, 6, 7, 8]]},
+                request_only=True,
+                media_type="application/json",
+            )
+        ],
         responses={201: DatasetSerializer, **errors(400, 401, 409, 411, 413, 415)},
     )
     @requires(WRITE)
@@ -240,6 +248,7 @@ class DatasetSearchViewSet(viewsets.ViewSet):
         " description (group: read). The body is read as JSON whatever its Content-Type.",
         tags=["datasets"],
         request={"application/json": _SEARCH_BODY},
+        examples=[OpenApiExample("Two tags", value={"query": ["#demo", "#train"]}, request_only=True)],
         responses={
             200: {"type": "object", "properties": {"content": {"type": "boolean"}}, "required": ["content"]},
             **errors(400, 401, 411, 413, e400=_INVALID_PAYLOAD),

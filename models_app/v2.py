@@ -25,7 +25,7 @@ import orjson
 import torch
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import viewsets
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
@@ -374,6 +374,13 @@ class OpenInferenceViewSet(viewsets.ViewSet):
         tags=["v2"],
         parameters=[_MODEL_ID],
         request={"application/json": _INFER_REQUEST},
+        examples=[
+            OpenApiExample(
+                "One FP32 row",
+                value={"inputs": [{"name": "input__0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+                request_only=True,
+            )
+        ],
         responses={
             (200, "application/json"): _INFER_RESPONSE,
             (200, "application/octet-stream"): OpenApiResponse(

@@ -2,7 +2,7 @@
 
 from django.conf import settings
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
@@ -269,6 +269,14 @@ class HostedModelViewSet(viewsets.ViewSet):
         tags=["models"],
         parameters=[_MODEL_ID],
         request=json_form_and_multipart(_INFER_BODY, files=("data",)),
+        examples=[
+            OpenApiExample(
+                "One row as JSON",
+                value={"data": [[1, 2, 3, 4]]},
+                request_only=True,
+                media_type="application/json",
+            )
+        ],
         responses={
             200: _PREDICTION,
             **errors(401, 403, schema=_NOT_SUCCESS_NOR_STATUS),

@@ -2,7 +2,7 @@
 
 from django.http import QueryDict
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.response import Response
 
@@ -56,6 +56,19 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         summary="Register a model's workers and crypto provider(s) (group: write).",
         tags=["encrypted models"],
         request=json_form_and_multipart(_REGISTER_BODY),
+        examples=[
+            OpenApiExample(
+                "Two workers and a crypto provider",
+                value={
+                    "model_id": "shared-2",
+                    "workers": ["http://alice:5000", "http://bob:5000"],
+                    "crypto_provider": ["http://crypto:5000"],
+                    "description": "a shared model",
+                },
+                request_only=True,
+                media_type="application/json",
+            )
+        ],
         responses={201: EncryptedModelSerializer, **errors(400, 401, 409, 411, 413, 415)},
     )
     @requires(WRITE)
@@ -128,6 +141,14 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         request=json_form_and_multipart(
             {"type": "object", "properties": {"model_id": {"type": "string"}}, "required": ["model_id"]}
         ),
+        examples=[
+            OpenApiExample(
+                "A registered id",
+                value={"model_id": EXAMPLE_ENCRYPTED_MODEL_ID},
+                request_only=True,
+                media_type="application/json",
+            )
+        ],
         responses={
             200: {
                 "type": "object",

@@ -50,6 +50,11 @@ FUZZ = settings(
 )
 # Operations whose happy path the seeded node must reach at least once, or the run proved little.
 MUST_SUCCEED = {
+    "create_dataset",
+    "register_encrypted_model",
+    "search_datasets",
+    "serve_model",
+    "list_models",
     "run_inference",
     "get_model",
     "is_model_copy_allowed",
