@@ -46,6 +46,7 @@ CHECKS = [
 FUZZ = settings(
     max_examples=25,
     deadline=None,
+    database=None,  # nothing written into the checkout (.hypothesis/); a failure prints its curl to reproduce
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 # Operations whose happy path the seeded node must reach at least once, or the run proved little.
