@@ -273,6 +273,9 @@ def dataset_list(*, tags: Iterable[str] = ()) -> QuerySet[Dataset]:
     """Every dataset carrying all of the given tags (every dataset when none), oldest first."""
     datasets = Dataset.objects.prefetch_related("tags")
     names = list(dict.fromkeys(tags))
+    if any(_unstorable(name) for name in names):
+        # No tag holds these characters, and the database would refuse the query (as in datasets_search).
+        return datasets.none()
     if names:
         # One grouped subquery however many tags are asked for, not one join per tag.
         carrying_all = (

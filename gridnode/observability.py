@@ -211,7 +211,7 @@ def observe_request(
             "duration_ms": round(seconds * 1000, 3),
         }
         if model_id:
-            fields["model_id"] = model_id
+            fields["model_id"] = model_id[:128]  # as long as a valid id: a path may carry megabytes
         # handle(makeRecord(...)) rather than log(): the caller's file and line say nothing here, and
         # looking them up is most of what a log call costs.
         request_log.handle(

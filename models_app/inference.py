@@ -68,7 +68,7 @@ def inference_inputs(data, loaded: LoadedModel) -> tuple[list, str]:
         # Forms carry the JSON array as text.
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             raise BadRequest("'data' is neither a JSON array nor text under an 'encoding'.") from None
     # JSON numbers carry no dtype: follow the archive's declared input dtypes (torch.export states
     # them), else float32, what models take far more often than integers.

@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 
 from gridnode.errors import BadRequest, Conflict, NotFound
+from gridnode.http import OBJECT_ID_RE
 from smpc_app.addresses import normalize_node_url
 from smpc_app.models import EncryptedModel, NodeAssignment, WorkerNode
 
@@ -83,11 +84,18 @@ def _url_list(value, field: str) -> list[str]:
 
 def _full_clean(registration: EncryptedModel) -> None:
     """The model's field rules (id, description length) as a 400 naming the field."""
+    if _unstorable(registration.description):
+        raise BadRequest("'description' must not contain NUL characters or lone surrogates.")
     try:
         registration.full_clean(validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         field, messages = next(iter(exc.message_dict.items()))
         raise BadRequest(f"'{field}': {messages[0]}") from None
+
+
+def _unstorable(text: str) -> bool:
+    """Whether text holds characters no column holds: NUL (PostgreSQL refuses it) or lone surrogates."""
+    return "\x00" in text or any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
 def _lock_nodes(urls: Iterable[str]) -> dict[str, WorkerNode]:
@@ -189,6 +197,9 @@ def encrypted_model_get(*, model_id: str) -> EncryptedModel:
 
 def encrypted_model_nodes(*, model_id: str) -> NodeLists:
     """The worker and crypto-provider URLs of a registration, in order (POST /search-encrypted-models)."""
+    if not OBJECT_ID_RE.fullmatch(model_id):
+        # Never registered (registration checks the id rules); and PostgreSQL refuses a NUL in a query.
+        raise NotFound(MODEL_ID_NOT_FOUND)
     try:
         registration = encrypted_model_get(model_id=model_id)
     except NotFound:

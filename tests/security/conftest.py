@@ -60,6 +60,26 @@ def assert_nothing_stored(data_dir) -> None:
     assert staged_files(data_dir) == []
 
 
+def stored_state(data_dir) -> dict:
+    """Rows per table, stored files and staged files: compared before and after a refused request."""
+    return {
+        "models": sorted(HostedModel.objects.values_list("model_id", flat=True)),
+        "datasets": sorted(Dataset.objects.values_list("dataset_id", flat=True)),
+        "tags": Tag.objects.count(),
+        "encrypted_models": EncryptedModel.objects.count(),
+        "worker_nodes": WorkerNode.objects.count(),
+        "files": stored_files(data_dir),
+        "staged": staged_files(data_dir),
+    }
+
+
+@pytest.fixture
+def hosted(serve, mlp_jit):
+    """One model ("mlp", inference and download allowed), so requests reach the parsing of their bodies."""
+    serve("mlp", mlp_jit, allow_remote_inference=True, allow_download=True)
+    return "mlp"
+
+
 def upload_model(api, archive: bytes, model_id: str = "hostile", **fields):
     """POST /serve-model with the archive as base64 text in JSON."""
     body = {"model_id": model_id, "encoding": "base64", "model": base64.b64encode(archive).decode(), **fields}
