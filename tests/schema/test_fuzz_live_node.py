@@ -8,10 +8,12 @@ examples, so the explicit examples reach the happy paths (inference, downloads, 
 Checks: `not_a_server_error`, `status_code_conformance`, `content_type_conformance`,
 `response_headers_conformance` and `response_schema_conformance`. Left out, on purpose:
 - `negative_data_rejection`: the contract makes the node lenient where the schema cannot say so (`/search`
-  and v2 read their bodies as JSON whatever the Content-Type; booleans come as text from forms; unknown
-  query parameters and fields are ignored), so "schema-invalid" requests are rightly accepted.
-- `positive_data_acceptance`: a schema-valid body is still a 400 when its bytes are not a model archive or
-  its tensor does not fit the model; the schema cannot express what loads.
+  and v2 read their bodies as JSON whatever the Content-Type; booleans come as text from forms; DRF's
+  pagination ignores `?page_size=null`; v2 reads `"outputs": null` as absent), so "schema-invalid"
+  requests are rightly accepted (tried: 5 such operations).
+- `positive_data_acceptance`: a schema-valid body is still a 400 when its bytes are not a model archive,
+  its tensor does not fit the model, or a required field is an empty form value; the schema cannot
+  express what loads (tried: 8 such operations).
 - `use_after_free`, `ensure_resource_availability`, `ignored_auth`, `missing_required_header`,
   `unsupported_method`: stateful or auth checks; every group is open by default (so a request without a
   token is valid), there are no required headers, and DRF answers OPTIONS with 200 by design.
