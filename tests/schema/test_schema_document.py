@@ -5,6 +5,7 @@ import re
 import orjson
 import pytest
 import yaml
+from django.core.management import call_command
 from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.validation import validate_schema
 from rest_framework.authtoken.models import Token
@@ -72,6 +73,13 @@ def test_it_validates_as_openapi_3(api):
     assert schema["openapi"].startswith("3.")
     assert schema["info"]["title"] == "Grid Node"
     assert "api.md" in schema["info"]["description"]
+
+
+def test_it_generates_without_a_warning(tmp_path):
+    # drf-spectacular warns where it had to guess (an undescribed view, a colliding operation id).
+    call_command("spectacular", "--fail-on-warn", "--validate", "--file", str(tmp_path / "schema.yaml"))
+
+    assert "/serve-model" in yaml.safe_load((tmp_path / "schema.yaml").read_text())["paths"]
 
 
 def test_it_answers_yaml_by_default_and_with_a_trailing_slash_or_not(api):
