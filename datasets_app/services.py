@@ -1,5 +1,6 @@
 """Every write and every rule about datasets; the API views, the admin and `load_datasets` all call these."""
 
+import contextlib
 import io
 import unicodedata
 import uuid
@@ -21,6 +22,7 @@ from gridnode.auth import authenticated_or_none
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.tensors import dump_tensors, tensor_from_json
 from gridnode.uploads import StagedFile, stage_to_disk
+from gridnode.ziplimits import check_zip, is_zip
 
 DESCRIPTION_MAX_LENGTH = 10_000
 SEARCH_MAX_TERMS = 100
@@ -162,6 +164,7 @@ def tensor_stage(*, upload=None, content: bytes | None = None, dtype: str | None
 
 def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
     """The single dense CPU tensor in a `torch.save` file, never unpickling arbitrary objects."""
+    _check_packing(source)
     try:
         try:
             # A memory map checks a large tensor without reading it all into memory.
@@ -180,6 +183,14 @@ def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
     if value.layout != torch.strided or value.device.type != "cpu":
         raise BadRequest("'data' must hold a dense tensor with data (not sparse, not on the meta device).")
     return value
+
+
+def _check_packing(source: Path | io.IOBase) -> None:
+    """A 400 for a zip whose directory declares more than a dataset may hold: torch.load allocates it
+    (a memory map cannot serve a deflated entry, so even a file on disk would be read whole)."""
+    with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as file:
+        if is_zip(file):
+            check_zip(file, what="'data'", max_unpacked_bytes=settings.GRIDNODE_MAX_DATASET_BYTES)
 
 
 def dataset_id_available(*, dataset_id: str) -> None:

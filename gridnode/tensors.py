@@ -4,14 +4,20 @@ import io
 import math
 
 import torch
+from django.conf import settings
 
 from gridnode.errors import BadRequest
+from gridnode.ziplimits import check_zip, is_zip
 
 
 def load_tensors(raw: bytes, field: str):
     """A tensor, or a list of tensors, from `torch.save` bytes, never unpickling arbitrary objects."""
+    source = io.BytesIO(raw)
+    if is_zip(source):
+        # torch.load allocates what the zip directory declares: a deflated bomb would unpack here.
+        check_zip(source, what=f"'{field}'", max_unpacked_bytes=settings.GRIDNODE_MAX_BODY_BYTES)
     try:
-        value = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        value = torch.load(source, weights_only=True, map_location="cpu")
     except Exception:
         raise BadRequest(f"'{field}' is not a tensor saved with torch.save (or it holds other objects).") from None
     if isinstance(value, torch.Tensor):
