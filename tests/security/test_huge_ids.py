@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from gridnode.observability import JsonLineFormatter
-from tests.security.conftest import assert_refused, stored_state
+from tests.security.conftest import assert_refused, stored_state, through_the_wsgi_stack
 
 pytestmark = pytest.mark.django_db
 
@@ -80,6 +80,19 @@ def test_the_seed_searches_answer_a_huge_id_without_echoing_it(api, hosted, data
     assert search.json() == {"content": False}
     assert_refused(encrypted, 404)
     short_enough(encrypted)
+    assert stored_state(data_dir) == before
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("template", ["/model/{}", "/models/{}/"])
+def test_it_refuses_a_huge_id_through_the_fast_path(hosted, data_dir, size, template):
+    before = stored_state(data_dir)
+    body = b'{"data": [[1.0, 2.0, 3.0, 4.0]]}'
+
+    status, _, answer = through_the_wsgi_stack("POST", template.format("a" * size), body, "application/json")
+
+    assert status == 400
+    assert "must be 1-128 characters" in answer["error"]
     assert stored_state(data_dir) == before
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.security.conftest import assert_refused, stored_state
+from tests.security.conftest import assert_refused, stored_state, through_the_wsgi_stack
 
 pytestmark = pytest.mark.django_db
 
@@ -82,6 +82,20 @@ def test_it_refuses_deep_nesting_in_form_fields(api, hosted, data_dir, path, fie
     response = api.post(path, fields, format="multipart") if form == "multipart" else api.post(path, fields)
 
     assert_refused(response, 400)
+    assert stored_state(data_dir) == before
+
+
+@pytest.mark.parametrize("path", ["/model/mlp", "/models/mlp/", "/serve-model", "/v2/models/mlp/infer"])
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+def test_it_refuses_deep_nesting_through_the_fast_path(hosted, data_dir, path, body):
+    """The WSGI fast path parses inference bodies before Django: a body it cannot parse goes on to Django."""
+    before = stored_state(data_dir)
+
+    status, content_type, answer = through_the_wsgi_stack("POST", path, body.encode(), "application/json")
+
+    assert status == 400
+    assert content_type.startswith("application/json")
+    assert isinstance(answer["error"], str)
     assert stored_state(data_dir) == before
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.security.conftest import assert_refused, stored_state
+from tests.security.conftest import assert_refused, stored_state, through_the_wsgi_stack
 
 pytestmark = pytest.mark.django_db
 
@@ -86,6 +86,19 @@ def test_it_refuses_multipart_fields_that_are_not_utf8(api, hosted, data_dir, pa
     response = api.generic("POST", path, body, content_type=content_type)
 
     assert_refused(response, 400)
+    assert stored_state(data_dir) == before
+
+
+@pytest.mark.parametrize("path", ["/model/mlp", "/v2/models/mlp/infer", "/datasets"])
+@pytest.mark.parametrize("body", NOT_UTF8.values(), ids=NOT_UTF8.keys())
+def test_it_refuses_json_that_is_not_utf8_through_the_fast_path(hosted, data_dir, path, body):
+    before = stored_state(data_dir)
+
+    status, content_type, answer = through_the_wsgi_stack("POST", path, body, "application/json")
+
+    assert status == 400
+    assert content_type.startswith("application/json")
+    assert isinstance(answer["error"], str)
     assert stored_state(data_dir) == before
 
 
