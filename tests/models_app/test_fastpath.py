@@ -1,23 +1,19 @@
 """The WSGI fast path answers successful JSON inference exactly as the DRF view does, and hands
 everything else to Django."""
 
-import io
 import json
 from urllib.parse import urlencode
 
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 
 from models_app.fastpath import InferenceFastPath
 from tests.conftest import saved_tensor
+from tests.wsgi import call_wsgi
 
 pytestmark = pytest.mark.django_db
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 0.0, -0.5, 3.0]]
-# Headers that differ between two answers for reasons that are not the path taken.
-VOLATILE = {"date", "server"}
 
 
 class RecordingApp:
@@ -34,37 +30,7 @@ class RecordingApp:
 
 def call(app, method, path, body=b"", content_type="application/json", host="127.0.0.1"):
     """One request through a WSGI app: (status, headers, body)."""
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "HTTP_HOST": host,
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.url_scheme": "http",
-    }
-    answer = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"] = int(status.split()[0])
-        answer["headers"] = {k.lower(): v for k, v in headers if k.lower() not in VOLATILE}
-
-    # As Django's test client does: the test's transaction must outlive the request.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        chunks = app(environ, start_response)
-        content = b"".join(chunks)
-        if hasattr(chunks, "close"):
-            chunks.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return answer["status"], answer["headers"], content
+    return call_wsgi(app, method, path, body, content_type, host)
 
 
 @pytest.fixture

@@ -84,41 +84,11 @@ def hosted(serve, mlp_jit):
 def through_the_wsgi_stack(method: str, path: str, body: bytes, content_type: str) -> tuple[int, str, dict]:
     """One request through what gunicorn serves (the inference fast path, WholeBodies, Django): the test
     client starts at Django and skips both. Returns (status, content type, JSON body)."""
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
-
     from gridnode.wsgi import application
+    from tests.wsgi import call_wsgi
 
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "HTTP_HOST": "127.0.0.1",
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.url_scheme": "http",
-    }
-    answer = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"] = int(status.split()[0])
-        answer["content_type"] = dict(headers).get("Content-Type", "")
-
-    # As Django's test client does: the test's transaction must outlive the request.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        chunks = application(environ, start_response)
-        content = b"".join(chunks)
-        getattr(chunks, "close", lambda: None)()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return answer["status"], answer["content_type"], json.loads(content)
+    status, headers, content = call_wsgi(application, method, path, body, content_type)
+    return status, headers.get("content-type", ""), json.loads(content)
 
 
 def upload_model(api, archive: bytes, model_id: str = "hostile", **fields):
