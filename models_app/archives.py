@@ -328,9 +328,7 @@ def _is_size_expression(text: str) -> bool:
             if not (node.id in _SIZE_FUNCTIONS or node.id in _SIZE_CONSTANTS or _SYMBOL_ID.fullmatch(node.id)):
                 return False
         elif isinstance(node, ast.BinOp):
-            if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow):
-                return False
-            if isinstance(node.op, ast.Pow) and not _bounded_power(node.left, node.right):
+            if not _arithmetic_operation(node):
                 return False
         elif not isinstance(node, _ARITHMETIC_NODES):
             return False
@@ -354,6 +352,13 @@ def _size_call_arguments(call: ast.Call) -> bool:
         if not (isinstance(text, ast.Constant) and isinstance(text.value, str) and pattern.fullmatch(text.value)):
             return False
     return name not in _POWERS or (len(call.args) == 2 and _bounded_power(call.args[0], call.args[1]))
+
+
+def _arithmetic_operation(node: ast.BinOp) -> bool:
+    """Whether a binary operation is plain arithmetic, with any power bounded."""
+    if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow):
+        return False
+    return not isinstance(node.op, ast.Pow) or _bounded_power(node.left, node.right)
 
 
 def _bounded_power(base: ast.AST, exponent: ast.AST) -> bool:
@@ -412,9 +417,7 @@ def _is_size_guard(text: str) -> bool:
             elif not (type(key.value) is int and 0 <= key.value < 2**31):
                 return False
         elif isinstance(node, ast.BinOp):
-            if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div | ast.FloorDiv | ast.Mod | ast.Pow):
-                return False
-            if isinstance(node.op, ast.Pow) and not _bounded_power(node.left, node.right):
+            if not _arithmetic_operation(node):
                 return False
         elif not isinstance(node, _ARITHMETIC_NODES):
             return False
