@@ -1,0 +1,85 @@
+"""Named int64 tensors on the wire: a small JSON header, then the raw little-endian bytes.
+
+Used for every SMPC message (client to worker, worker to worker, provider to worker). `unpack` reads
+untrusted bytes: it checks the header's size, names and shapes against the body before touching it.
+"""
+
+import json
+import struct
+import sys
+
+import torch
+
+MAGIC = b"GNS1"
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 4096
+_HEADER_LENGTH = struct.Struct(">I")
+
+
+class WireError(ValueError):
+    """Bytes that are not a well-formed message."""
+
+
+def pack(tensors: dict[str, torch.Tensor], meta: dict | None = None) -> bytes:
+    """A message of named int64 tensors and a JSON-able `meta` object."""
+    entries = []
+    chunks = []
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.int64:
+            raise TypeError(f"'{name}' is {tensor.dtype}, messages carry int64 tensors only")
+        entries.append([name, list(tensor.shape)])
+        data = tensor.contiguous().numpy()
+        chunks.append(data.tobytes() if sys.byteorder == "little" else data.byteswap().tobytes())
+    header = json.dumps({"tensors": entries, "meta": meta or {}}, separators=(",", ":")).encode()
+    return b"".join([MAGIC, _HEADER_LENGTH.pack(len(header)), header, *chunks])
+
+
+def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and meta object of a message; WireError for anything malformed."""
+    view = memoryview(raw)
+    if len(view) < 8 or bytes(view[:4]) != MAGIC:
+        raise WireError("not an SMPC message (bad magic)")
+    (header_length,) = _HEADER_LENGTH.unpack(view[4:8])
+    if header_length > MAX_HEADER_BYTES or 8 + header_length > len(view):
+        raise WireError("the message header is cut or too large")
+    try:
+        header = json.loads(bytes(view[8 : 8 + header_length]))
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("the message header is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
+        raise WireError("the message header has no tensor list")
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise WireError("the message meta is not an object")
+    entries = header["tensors"]
+    if len(entries) > MAX_TENSORS:
+        raise WireError("the message holds too many tensors")
+    offset = 8 + header_length
+    tensors: dict[str, torch.Tensor] = {}
+    for entry in entries:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], list)
+            or len(entry[1]) > 8
+            or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in entry[1])
+        ):
+            raise WireError("a tensor entry in the message header is malformed")
+        name, shape = entry
+        if name in tensors:
+            raise WireError(f"the message names '{name[:100]}' twice")
+        count = 1
+        for size in shape:
+            count *= size
+        end = offset + 8 * count
+        if end > len(view):
+            raise WireError("the message body is shorter than its header says")
+        tensor = torch.frombuffer(bytearray(view[offset:end]), dtype=torch.int64) if count else torch.zeros(0)
+        if sys.byteorder != "little":
+            tensor = tensor.byteswap()  # pragma: no cover - every supported platform is little-endian
+        tensors[name] = tensor.to(torch.int64).reshape(shape)
+        offset = end
+    if offset != len(view):
+        raise WireError("the message body is longer than its header says")
+    return tensors, meta
