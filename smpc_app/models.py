@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 
@@ -123,3 +124,54 @@ class NodeAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_role_display()} {self.position}"
+
+
+class ModelShare(models.Model):
+    """This node's part of a secret-shared model: a worker's share or the crypto provider's masks, in storage.
+
+    The part is `torch.save` bytes of named int64 tensors, checked at upload against the model's spec
+    (`smpc_protocol.hosting.check_part`); a registration has at most one part on a node.
+    """
+
+    Role = NodeAssignment.Role
+
+    registration = models.OneToOneField(EncryptedModel, on_delete=models.CASCADE, related_name="share")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    party = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="A worker's party number (0 or 1); empty for the crypto provider."
+    )
+    spec = models.JSONField(help_text="The model's spec (smpc_protocol.spec.ModelSpec) in canonical JSON.")
+    spec_digest = models.CharField(max_length=64, help_text="SHA-256 of the canonical spec, as parties compare it.")
+    archive = models.FileField(max_length=255)
+    size = models.PositiveBigIntegerField(help_text="Part size in bytes.")
+    sha256 = models.CharField(max_length=64)
+    allow_remote_inference = models.BooleanField(default=False)
+    allow_download = models.BooleanField(default=False)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="uploaded_shares",
+        help_text="The user whose token (or admin login) uploaded it; empty for anonymous uploads.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(role__in=["worker", "crypto_provider"]), name="modelshare_role_known"
+            ),
+            # A worker is party 0 or 1 of the protocol; the crypto provider is neither.
+            models.CheckConstraint(
+                condition=(models.Q(role="worker", party__in=[0, 1]) | models.Q(role="crypto_provider", party=None)),
+                name="modelshare_party_fits_role",
+                violation_error_message="A worker's part has party 0 or 1; the crypto provider's has none.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.party is None:
+            return f"{self.registration.model_id} ({self.get_role_display().lower()})"
+        return f"{self.registration.model_id} (worker, party {self.party})"
