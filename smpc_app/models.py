@@ -175,3 +175,25 @@ class ModelShare(models.Model):
         if self.party is None:
             return f"{self.registration.model_id} ({self.get_role_display().lower()})"
         return f"{self.registration.model_id} (worker, party {self.party})"
+
+
+class RandomnessSession(models.Model):
+    """A session whose randomness this node dealt as a crypto provider: its nonce and which parties got theirs.
+
+    The nonce (with this node's SECRET_KEY) fixes the session's randomness, so both workers get halves of
+    the same values from whichever process answers them; each half is dealt once (see smpc_app.runtime).
+    """
+
+    session_id = models.CharField(max_length=32, unique=True)
+    model_id = models.CharField(max_length=128)
+    batch = models.PositiveIntegerField()
+    nonce = models.BinaryField(max_length=16)
+    served_party_0 = models.BooleanField(default=False)
+    served_party_1 = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.session_id
