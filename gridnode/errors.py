@@ -50,6 +50,24 @@ class PayloadTooLarge(GridError):
     status = 413
 
 
+class BadGateway(GridError):
+    """Another node this request needed answered with an error or broke the protocol."""
+
+    status = 502
+
+
+class ServiceUnavailable(GridError):
+    """This node is not set up for what was asked (for example SMPC without its secret)."""
+
+    status = 503
+
+
+class GatewayTimeout(GridError):
+    """Another node this request needed did not answer in time."""
+
+    status = 504
+
+
 def error_response(message: str, *, status_code: int, **fields) -> JsonResponse:
     """A JSON error body: the fields the contract asks for, then the message under "error"."""
     return JsonResponse({**fields, "error": message}, status=status_code)

@@ -47,6 +47,9 @@ _MEANINGS = {
     411: "A body without Content-Length (chunked) is refused.",
     413: "Larger than this node accepts.",
     415: "Unsupported Content-Type (or Content-Encoding): send JSON, multipart or a form.",
+    502: "Another node this request needed (an SMPC peer or crypto provider) failed or broke the protocol.",
+    503: "This node is not set up for this (SMPC needs GRIDNODE_SMPC_SECRET).",
+    504: "Another node this request needed did not answer within GRIDNODE_SMPC_TIMEOUT.",
 }
 
 # Example ids the document offers (and the schemathesis run seeds), so generated requests reach the happy

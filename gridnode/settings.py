@@ -148,6 +148,14 @@ GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 
+# Encrypted inference (smpc_app, README "Encrypted inference"). Nodes that run one model together sign
+# their requests to each other with this shared secret; without it this node takes no part in SMPC.
+GRIDNODE_SMPC_SECRET = env_str("GRIDNODE_SMPC_SECRET", "")
+if GRIDNODE_SMPC_SECRET and len(GRIDNODE_SMPC_SECRET) < 32:
+    raise ImproperlyConfigured("GRIDNODE_SMPC_SECRET must be at least 32 characters long.")
+# How long a worker waits for its peer or the crypto provider before giving up on a session (seconds).
+GRIDNODE_SMPC_TIMEOUT = env_int("GRIDNODE_SMPC_TIMEOUT", 10, minimum=1)
+
 # Token auth per group of endpoints (README: "Security"). Open by default, as the seed says ("Auth required:
 # NO (can be changed)"); each switch closes one group to requests without a valid `Authorization: Token`.
 GRIDNODE_AUTH_READ = env_bool("GRIDNODE_AUTH_READ", False)
