@@ -21,7 +21,7 @@ import torch
 from smpc_protocol import ring
 from smpc_protocol.hosting import BIAS, MASKED_WEIGHT, WEIGHT_MASK, tensor_name
 from smpc_protocol.maps import add_bias, pool_scale, product, window_sums
-from smpc_protocol.randomness import CARRY_LEVELS, CARRY_SHIFTS, and_triple_name
+from smpc_protocol.randomness import CARRY_LEVELS, CARRY_SHIFTS, and_triple_name, bundle_shapes
 from smpc_protocol.spec import AVGPOOL2D, FLATTEN, RELU, WEIGHTED, ModelSpec
 
 AGREEMENT = "agreement"
@@ -71,6 +71,7 @@ class Evaluation:
 
     def run(self, inputs: torch.Tensor) -> torch.Tensor:
         """This party's share of the model's output for its share of the inputs."""
+        self._check_inputs(inputs)
         x = inputs
         for index, layer in enumerate(self.spec.layers):
             if layer.kind in WEIGHTED:
@@ -82,6 +83,21 @@ class Evaluation:
             elif layer.kind == FLATTEN:
                 x = x.reshape(x.shape[0], -1)
         return x
+
+    def _check_inputs(self, inputs: torch.Tensor) -> None:
+        """ProtocolError unless the inputs fit the model and the provider's bundle was dealt for their batch.
+
+        Without this, shares of fewer inputs than the bundle's batch would broadcast against its masks and
+        the evaluation would return a wrong answer instead of stopping.
+        """
+        if inputs.dtype != torch.int64 or inputs.dim() < 1 or tuple(inputs.shape[1:]) != self.spec.input_shape:
+            raise ProtocolError(f"the input shares must be int64, one {list(self.spec.input_shape)} tensor per input")
+        expected = bundle_shapes(self.spec, inputs.shape[0])
+        if set(self.bundle) != set(expected) or any(
+            self.bundle[name].dtype != torch.int64 or tuple(self.bundle[name].shape) != shape
+            for name, shape in expected.items()
+        ):
+            raise ProtocolError("the provider's randomness is for another model or batch than the inputs")
 
     def _open(self, additive: dict[str, torch.Tensor], xor: dict[str, torch.Tensor] | None = None):
         """Exchange masked values with the peer and return them opened (sums, or XORs for bit words)."""
