@@ -1,5 +1,7 @@
-"""Operators' view of encrypted models: registrations with their nodes inline, saved by the API's services."""
+"""Operators' view of encrypted models: registrations with their nodes inline, and this node's share of
+each, saved by the API's services."""
 
+import json
 import math
 
 from django import forms
@@ -7,11 +9,14 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch
 from django.forms.models import BaseInlineFormSet
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.html import format_html
 
 from gridnode.errors import GridError
-from smpc_app import services
+from smpc_app import services, shares
 from smpc_app.addresses import MAX_URL_LENGTH, URL_RULE, normalize_node_url
-from smpc_app.models import EncryptedModel, NodeAssignment, WorkerNode
+from smpc_app.models import EncryptedModel, ModelShare, NodeAssignment, WorkerNode
 
 
 class NodeAssignmentForm(forms.ModelForm):
@@ -98,22 +103,46 @@ class NodeAssignmentInline(admin.TabularInline):
 class EncryptedModelAdmin(admin.ModelAdmin):
     """Registrations, added, edited and deleted through the same services as the API."""
 
-    list_display = ["model_id", "workers", "crypto_provider", "created_at"]
+    list_display = ["model_id", "workers", "crypto_provider", "share_held", "created_at"]
     search_fields = ["model_id", "description", "nodes__url"]
     ordering = ["-created_at"]
     inlines = [NodeAssignmentInline]
-    fields = ["model_id", "description", "created_at", "updated_at"]
+    fields = ["model_id", "description", "share_details", "created_at", "updated_at"]
 
     def get_queryset(self, request):
         return (
             super()
             .get_queryset(request)
+            .select_related("share")
             .prefetch_related(Prefetch("assignments", queryset=NodeAssignment.objects.select_related("node")))
         )
 
     def get_readonly_fields(self, request, obj=None):
-        # The id is typed in once; afterwards the description and the nodes change.
-        return ["created_at", "updated_at"] if obj is None else ["model_id", "created_at", "updated_at"]
+        # The id is typed in once; afterwards the description and the nodes change. The share has its own page.
+        if obj is None:
+            return ["share_details", "created_at", "updated_at"]
+        return ["model_id", "share_details", "created_at", "updated_at"]
+
+    @admin.display(description="This node's share")
+    def share_held(self, obj: EncryptedModel) -> str:
+        share = _share_of(obj)
+        return "-" if share is None else _part_name(share)
+
+    @admin.display(description="This node's share")
+    def share_details(self, obj: EncryptedModel) -> str:
+        share = _share_of(obj)
+        if share is None:
+            return "None uploaded (POST /encrypted-models/<id>/share, or Add model share)."
+        inference = "allowed" if share.allow_remote_inference else "not allowed"
+        download = "allowed" if share.allow_download else "not allowed"
+        return format_html(
+            '<a href="{}">{}</a>, {}; remote inference {}, download {}.',
+            reverse("admin:smpc_app_modelshare_change", args=[share.pk]),
+            _part_name(share),
+            filesizeformat(share.size),
+            inference,
+            download,
+        )
 
     @admin.display(description="Workers")
     def workers(self, obj: EncryptedModel) -> str:
@@ -189,3 +218,160 @@ class WorkerNodeAdmin(admin.ModelAdmin):
             for assignment in obj.assignments.all()
         ]
         return ", ".join(uses) or "-"
+
+
+def _share_of(registration: EncryptedModel | None) -> ModelShare | None:
+    """A registration's share on this node, or None (also for a registration not saved yet)."""
+    if registration is None or registration.pk is None:
+        return None
+    try:
+        return registration.share
+    except ModelShare.DoesNotExist:
+        return None
+
+
+def _part_name(share: ModelShare) -> str:
+    """Which part a share is, in words: "worker, party 0" or "crypto provider"."""
+    return "crypto provider" if share.party is None else f"worker, party {share.party}"
+
+
+class ModelShareUploadForm(forms.ModelForm):
+    """Add a share from a file, checked exactly as `POST /encrypted-models/<id>/share` checks it."""
+
+    party_number = forms.TypedChoiceField(
+        label="Party",
+        choices=[("", "- (the crypto provider)"), ("0", "0"), ("1", "1")],
+        coerce=int,
+        empty_value=None,
+        required=False,
+        help_text="A worker's party number; empty for the crypto provider.",
+    )
+    spec_text = forms.CharField(
+        label="Spec",
+        widget=forms.Textarea(attrs={"rows": 8}),
+        help_text="The model's spec as JSON (smpc_protocol ModelSpec.to_json()).",
+    )
+    part_file = forms.FileField(label="Share", help_text="torch.save bytes of the part's dict of int64 tensors.")
+
+    class Meta:
+        model = ModelShare
+        fields = ["registration", "role", "allow_remote_inference", "allow_download"]
+
+    staged: shares.StagedShare | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A registration holds one share on a node.
+        self.fields["registration"].queryset = EncryptedModel.objects.filter(share__isnull=True)
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors or not cleaned.get("part_file"):
+            return cleaned
+        try:
+            shares.share_available(registration=cleaned["registration"])
+            self.staged = shares.share_stage(
+                role=cleaned["role"],
+                party=cleaned["party_number"],
+                spec_json=cleaned["spec_text"],
+                upload=cleaned["part_file"],
+            )
+        except GridError as exc:
+            self.add_error(None, exc.message)
+        return cleaned
+
+
+@admin.register(ModelShare)
+class ModelShareAdmin(admin.ModelAdmin):
+    """This node's parts of encrypted models: permissions toggled from the list, through the API's services."""
+
+    list_display = [
+        "model_id",
+        "role",
+        "party",
+        "share_size",
+        "allow_remote_inference",
+        "allow_download",
+        "uploaded_by",
+        "created_at",
+    ]
+    list_editable = ["allow_remote_inference", "allow_download"]
+    list_filter = ["role", "allow_remote_inference", "allow_download"]
+    search_fields = ["registration__model_id"]
+    ordering = ["-created_at"]
+    readonly_fields = [
+        "registration",
+        "role",
+        "party",
+        "spec_json",
+        "spec_digest",
+        "archive",
+        "size",
+        "sha256",
+        "uploaded_by",
+        "created_at",
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("registration", "uploaded_by")
+
+    @admin.display(description="Model id", ordering="registration__model_id")
+    def model_id(self, obj: ModelShare) -> str:
+        return obj.registration.model_id
+
+    @admin.display(description="Size", ordering="size")
+    def share_size(self, obj: ModelShare) -> str:
+        return filesizeformat(obj.size)
+
+    @admin.display(description="Spec")
+    def spec_json(self, obj: ModelShare) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.spec, indent=2))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = ModelShareUploadForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        # On the add page the part is uploaded; afterwards only the permissions change.
+        return [] if obj is None else self.readonly_fields
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return [
+                "registration",
+                "role",
+                "party_number",
+                "spec_text",
+                "part_file",
+                "allow_remote_inference",
+                "allow_download",
+            ]
+        return [*self.readonly_fields[:8], "allow_remote_inference", "allow_download", *self.readonly_fields[8:]]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            # The change page and the list's toggles: the same service as PATCH /encrypted-models/<id>/share.
+            shares.share_set_permissions(
+                model_id=obj.registration.model_id,
+                allow_remote_inference=obj.allow_remote_inference,
+                allow_download=obj.allow_download,
+            )
+            return
+        share = shares.share_save(
+            registration=form.cleaned_data["registration"],
+            staged=form.staged,
+            allow_remote_inference=form.cleaned_data["allow_remote_inference"],
+            allow_download=form.cleaned_data["allow_download"],
+            uploaded_by=request.user,
+        )
+        # The admin logs and redirects using the object it passed in.
+        for field in ModelShare._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(share, field.attname))
+
+    def delete_model(self, request, obj):
+        shares.share_delete(model_id=obj.registration.model_id)
+
+    def delete_queryset(self, request, queryset):
+        for model_id in queryset.values_list("registration__model_id", flat=True):
+            shares.share_delete(model_id=model_id)

@@ -183,8 +183,8 @@ def encrypted_model_delete(*, model_id: str) -> None:
 
 
 def encrypted_models() -> QuerySet[EncryptedModel]:
-    """Every registration, oldest first, with its nodes loaded in order."""
-    return EncryptedModel.objects.prefetch_related(_ORDERED_ASSIGNMENTS)
+    """Every registration, oldest first, with its nodes loaded in order and this node's share (if any) joined."""
+    return EncryptedModel.objects.select_related("share").prefetch_related(_ORDERED_ASSIGNMENTS)
 
 
 def encrypted_model_get(*, model_id: str) -> EncryptedModel:

@@ -32,6 +32,7 @@ def test_it_registers_a_model_with_its_nodes(api, path):
         "description": "shares",
         "workers": [ALICE, BOB],
         "crypto_provider": [CRYPTO],
+        "share": None,
     }
     assert response["Location"] == "/encrypted-models/mnist-smpc"
     registration = EncryptedModel.objects.get()
