@@ -4,6 +4,8 @@
     client.serve_model(model, "mlp", allow_remote_inference=True)
     client.run_inference("mlp", torch.rand(1, 4))
 
+Encrypted models (secret-shared across nodes) are in `gridclient.encrypted`.
+
 The command line is `python -m gridclient` (also installed as `gridnode-client`).
 """
 

@@ -252,6 +252,51 @@ class GridNodeClient:
             payload["description"] = description
         return self._transport.json("POST", "/encrypted-models", payload, kinds=MODELS)
 
+    def delete_encrypted_model(self, model_id: str) -> None:
+        """Remove an encrypted model's registration from this node, with this node's share of it."""
+        self._transport.json("DELETE", f"/encrypted-models/{path_segment(model_id)}", kinds=MODELS)
+
+    def upload_model_share(
+        self,
+        model_id: str,
+        part: "dict[str, torch.Tensor]",
+        *,
+        spec: dict,
+        role: str,
+        party: int | None = None,
+        allow_remote_inference: bool = False,
+        allow_download: bool = False,
+    ) -> dict:
+        """Store this node's part of a registered encrypted model (`gridclient.encrypted` makes the parts)."""
+        import json
+
+        import torch
+
+        fields = [
+            ("role", role),
+            ("spec", json.dumps(spec)),
+            ("allow_remote_inference", _flag(allow_remote_inference)),
+            ("allow_download", _flag(allow_download)),
+        ]
+        if party is not None:
+            fields.append(("party", str(party)))
+        buffer = io.BytesIO()
+        torch.save(part, buffer)
+        size = buffer.tell()
+        buffer.seek(0)
+        body = MultipartBody(fields, file_field="share", filename=f"{model_id}.share", source=buffer, size=size)
+        return self._transport.upload(
+            f"/encrypted-models/{path_segment(model_id)}/share",
+            body,
+            kinds=MODELS,
+            progress=False,
+            description=f"share of {model_id}",
+        )
+
+    def evaluate_share(self, model_id: str, message: bytes) -> bytes:
+        """Send a worker its packed input share; answer its packed output share (see `gridclient.encrypted`)."""
+        return self._transport.message(f"/encrypted-models/{path_segment(model_id)}/inference", message, kinds=MODELS)
+
     def search_encrypted_models(self, model_id: str) -> EncryptedModelNodes:
         """The worker and crypto-provider URLs of an encrypted model (`ModelNotFound` when unregistered)."""
         answer = self._transport.json("POST", "/search-encrypted-models", {"model_id": model_id}, kinds=MODELS)

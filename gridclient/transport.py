@@ -53,6 +53,14 @@ class Transport:
         with self._exchange(method, path, headers, body, len(body) if body is not None else None) as response:
             return self._json_answer(response, kinds)
 
+    def message(self, path: str, body: bytes, *, kinds: ErrorKinds) -> bytes:
+        """POST raw bytes (an SMPC message) and answer the node's raw bytes."""
+        headers = {"Accept": "application/octet-stream", "Content-Type": "application/octet-stream"}
+        with self._exchange("POST", path, headers, body, len(body)) as response:
+            if response.status >= 300:
+                raise self._error(response, kinds)
+            return self._read(response)
+
     def upload(
         self, path: str, body: MultipartBody, *, kinds: ErrorKinds, progress: bool | None, description: str
     ) -> Any:
