@@ -50,6 +50,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         shapes = [self.input_shape]
+        if _product(self.input_shape) > MAX_ACTIVATIONS_PER_INPUT:
+            raise SpecError(f"the input has more than {MAX_ACTIVATIONS_PER_INPUT} values")
         weights = 0
         for index, layer in enumerate(self.layers):
             shapes.append(_output_shape(layer, shapes[-1], index))
@@ -90,7 +92,8 @@ class ModelSpec:
         unknown = set(value) - {"version", "input_shape", "layers"}
         if unknown:
             raise SpecError(f"the spec has unknown keys: {', '.join(sorted(map(str, unknown)))}")
-        if value.get("version") != SPEC_VERSION:
+        # `type` and not ==: true == 1 and 1.0 == 1 in Python, and neither is the version.
+        if type(value.get("version")) is not int or value["version"] != SPEC_VERSION:
             raise SpecError(f"the spec's 'version' must be {SPEC_VERSION}")
         input_shape = value.get("input_shape")
         if not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 3:
@@ -154,6 +157,9 @@ _LAYER_KEYS = {
 
 def _layer_from_json(value, index: int) -> Layer:
     """One layer from untrusted JSON, every setting checked."""
+    if isinstance(value, dict) and "type" in value and not isinstance(value["type"], str):
+        # Checked before the lookup below, where a list or an object would be unhashable (TypeError).
+        raise SpecError(f"layer {index}: a layer's 'type' must be text, one of: {', '.join(_LAYER_KEYS)}")
     if not isinstance(value, dict) or value.get("type") not in _LAYER_KEYS:
         raise SpecError(f"layer {index} must be an object whose 'type' is one of: {', '.join(_LAYER_KEYS)}")
     kind = value["type"]
