@@ -1,0 +1,125 @@
+"""The crypto provider's bundles: each party's half, dealt on its own from the session seed, fits the other's."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from smpc_protocol import hosting, maps, randomness
+from smpc_protocol.randomness import CARRY_LEVELS, and_triple_name
+from smpc_protocol.spec import RELU, WEIGHTED
+
+BATCH = 3
+
+
+@pytest.fixture(scope="module")
+def shared() -> hosting.SharedModel:
+    torch.manual_seed(20)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5), nn.ReLU())
+    return hosting.split_model(model, (2, 4, 4))
+
+
+def bundles(shared: hosting.SharedModel, seed: bytes, provider_part=None, batch: int = BATCH):
+    return tuple(
+        randomness.party_bundle(
+            spec=shared.spec,
+            provider_part=shared.provider_part if provider_part is None else provider_part,
+            batch=batch,
+            seed=seed,
+            party=party,
+        )
+        for party in (0, 1)
+    )
+
+
+def layers_of(shared: hosting.SharedModel, kinds) -> list[int]:
+    return [index for index, layer in enumerate(shared.spec.layers) if layer.kind in kinds]
+
+
+def test_it_deals_exactly_the_tensors_the_spec_needs(shared):
+    expected = randomness.bundle_shapes(shared.spec, BATCH)
+
+    for bundle in bundles(shared, os.urandom(32)):
+        assert {name: tuple(tensor.shape) for name, tensor in bundle.items()} == expected
+        assert {tensor.dtype for tensor in bundle.values()} == {torch.int64}
+
+
+def test_its_beaver_pairs_multiply_to_the_weight_mask_product(shared):
+    zero, one = bundles(shared, os.urandom(32))
+
+    for index in layers_of(shared, WEIGHTED):
+        mask = shared.provider_part[hosting.tensor_name(index, hosting.WEIGHT_MASK)]
+        opened_a = zero[f"{index}.A"] + one[f"{index}.A"]
+        expected = maps.product(shared.spec.layers[index], opened_a, mask, shared.spec.input_shape_of(index + 1))
+        assert torch.equal(zero[f"{index}.C"] + one[f"{index}.C"], expected)
+
+
+def test_its_and_triples_hold(shared):
+    zero, one = bundles(shared, os.urandom(32))
+
+    for index in layers_of(shared, (RELU,)):
+        for level, words in enumerate(CARRY_LEVELS):
+            for word in words:
+                u, v, w = (
+                    zero[and_triple_name(index, level, word, part)] ^ one[and_triple_name(index, level, word, part)]
+                    for part in "uvw"
+                )
+                assert torch.equal(w, u & v)
+
+
+def test_its_random_bit_is_one_bit_shared_both_ways_with_its_mask_product(shared):
+    zero, one = bundles(shared, os.urandom(32))
+
+    for index in layers_of(shared, (RELU,)):
+        bit = zero[f"{index}.r"] + one[f"{index}.r"]
+        assert set(bit.unique().tolist()) <= {0, 1}
+        for half in (zero, one):
+            assert set(half[f"{index}.r_bit"].unique().tolist()) <= {0, 1}
+        assert torch.equal(zero[f"{index}.r_bit"] ^ one[f"{index}.r_bit"], bit)
+        assert torch.equal(zero[f"{index}.rA"] + one[f"{index}.rA"], bit * (zero[f"{index}.A"] + one[f"{index}.A"]))
+
+
+def test_the_same_seed_deals_the_same_bundle(shared):
+    seed = os.urandom(32)
+
+    for first, second in zip(bundles(shared, seed), bundles(shared, seed), strict=True):
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def random_bits(bundle: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All of a bundle's XOR shares of random bits, in one flat tensor."""
+    return torch.cat([tensor.reshape(-1) for name, tensor in bundle.items() if name.endswith(".r_bit")])
+
+
+def test_different_seeds_deal_different_bundles(shared):
+    first, second = bundles(shared, os.urandom(32)), bundles(shared, os.urandom(32))
+
+    for party in (0, 1):
+        for name, tensor in first[party].items():
+            if not name.endswith(".r_bit"):
+                # Independent ring tensors coincide with probability at most 2^-64 per element.
+                assert not torch.equal(tensor, second[party][name]), name
+        # 3 * (48 + 5) independent bits coincide with probability 2^-159.
+        assert not torch.equal(random_bits(first[party]), random_bits(second[party]))
+
+
+def test_party_0s_half_is_the_seed_stream_alone(shared):
+    seed = os.urandom(32)
+    other_mask = {name: mask + 1 for name, mask in shared.provider_part.items()}
+
+    zero, one = bundles(shared, seed)
+    zero_again, one_again = bundles(shared, seed, provider_part=other_mask)
+
+    assert all(torch.equal(zero[name], zero_again[name]) for name in zero)
+    # Party 1's halves of the products with the mask carry the difference.
+    assert not all(torch.equal(one[name], one_again[name]) for name in one)
+
+
+@pytest.mark.parametrize("party", [-1, 2, "0"])
+def test_it_refuses_a_party_other_than_0_or_1(shared, party):
+    with pytest.raises(ValueError, match="party"):
+        randomness.party_bundle(
+            spec=shared.spec, provider_part=shared.provider_part, batch=1, seed=os.urandom(32), party=party
+        )
