@@ -9,11 +9,13 @@ import zipfile
 
 import pytest
 import torch
+from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from smpc_app.models import EncryptedModel, ModelShare
 from smpc_protocol.spec import ModelSpec
 from tests.smpc_app.conftest import WritesCanary, staged_files, stored_share_files, torch_saved
+from tests.smpc_app.test_concurrency import run_together
 
 pytestmark = pytest.mark.django_db
 
@@ -467,3 +469,46 @@ def test_a_failed_row_insert_leaves_no_file(api, register, shared_model, part_by
 
     assert response.status_code == 500
     assert_nothing_stored(data_dir)
+
+
+# Concurrent requests: SQLite serializes every write, so these only say something (and only run) on PostgreSQL.
+needs_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers need PostgreSQL")
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_parts_uploaded_at_once_are_one_201_and_409s(register, shared_model, part_bytes, data_dir):
+    register("raced")
+    bodies = [
+        multipart(shared_model.spec.to_json(), part_bytes("worker", party), party=str(party)) for party in (0, 1, 0, 1)
+    ]
+    uploads = [lambda client, body=body: send(client, "raced", body) for body in bodies]
+
+    results = [response.status_code for response in run_together(*uploads)]
+
+    assert sorted(results) == [201, 409, 409, 409]
+    share = ModelShare.objects.get()
+    # The losers' files were removed: only the winner's is stored.
+    assert stored_share_files(data_dir) == [share.archive.name.removeprefix("shares/")]
+    assert staged_files(data_dir) == []
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_registration_deleted_during_an_upload_leaves_no_file(register, shared_model, part_bytes, data_dir):
+    for attempt in range(5):
+        model_id = f"racing-{attempt}"
+        register(model_id)
+        body = multipart(shared_model.spec.to_json(), part_bytes("worker", 0))
+
+        upload, deletion = run_together(
+            lambda client, body=body, model_id=model_id: send(client, model_id, body).status_code,
+            lambda client, model_id=model_id: client.delete(f"/encrypted-models/{model_id}").status_code,
+        )
+
+        # Whichever came first, the registration is gone and its share with it.
+        assert (upload, deletion) in ((201, 204), (404, 204))
+    assert not EncryptedModel.objects.exists()
+    assert not ModelShare.objects.exists()
+    assert stored_share_files(data_dir) == []
+    assert staged_files(data_dir) == []
