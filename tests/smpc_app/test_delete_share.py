@@ -1,6 +1,9 @@
 """DELETE /encrypted-models/<model_id>/share, and the share going with its registration: rows and files."""
 
+import io
+
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 
 from smpc_app.models import EncryptedModel, ModelShare
@@ -139,3 +142,14 @@ def test_the_file_goes_only_once_the_deletion_commits(api, upload_share, data_di
     assert len(callbacks) == 1
     callbacks[0]()
     assert stored_share_files(data_dir) == []
+
+
+def test_storage_check_counts_a_share_file_as_claimed(upload_share, data_dir):
+    """`manage.py storage_check --delete` removes files no row claims: never a stored share."""
+    upload_share("claimed")
+    out = io.StringIO()
+
+    call_command("storage_check", "--delete", "--min-age", "0", stdout=out)
+
+    assert "0 orphan files removed" in out.getvalue()
+    assert stored_share_files(data_dir) == [ModelShare.objects.get().archive.name.removeprefix("shares/")]

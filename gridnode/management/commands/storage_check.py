@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from datasets_app.services import dataset_file_names
 from models_app.services import model_archive_names
+from smpc_app.shares import share_file_names
 
 
 def stored_owners() -> dict[str, str]:
-    """Every storage name some row refers to, with what that row is ("model 'x'", "dataset 'y'")."""
+    """Every storage name some row refers to, with what that row is ("model 'x'", "dataset 'y'", "share of 'z'")."""
     owners = {name: f"model {model_id!r}" for name, model_id in model_archive_names().items()}
     owners.update({name: f"dataset {dataset_id!r}" for name, dataset_id in dataset_file_names().items()})
+    owners.update({name: f"share of {model_id!r}" for name, model_id in share_file_names().items()})
     return owners
 
 
@@ -47,7 +49,7 @@ def describe(size: int, age: timedelta) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Find files in storage that no model or dataset row refers to, staged uploads left in the "
+        "Find files in storage that no model, dataset or share row refers to, staged uploads left in the "
         "staging folder, and rows whose file is missing. With --delete, remove the files found (rows are "
         "never touched). Exits 1 while anything found remains."
     )
