@@ -44,7 +44,8 @@ def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         raise WireError("the message header is cut or too large")
     try:
         header = json.loads(bytes(view[8 : 8 + header_length]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays or objects, which fit well within MAX_HEADER_BYTES.
         raise WireError("the message header is not JSON") from None
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
         raise WireError("the message header has no tensor list")
@@ -69,9 +70,14 @@ def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         name, shape = entry
         if name in tensors:
             raise WireError(f"the message names '{name[:100]}' twice")
-        count = 1
+        count, extent = 1, 1
         for size in shape:
             count *= size
+            extent *= max(size, 1)
+        # An empty tensor's body is empty whatever its other sizes, but torch still needs them (and their
+        # product) to fit in int64.
+        if extent >= 2**63:
+            raise WireError("a tensor in the message header has sizes too large for a tensor")
         end = offset + 8 * count
         if end > len(view):
             raise WireError("the message body is shorter than its header says")
