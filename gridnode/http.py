@@ -7,6 +7,7 @@ import re
 import orjson
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
@@ -133,3 +134,14 @@ def encode_bytes(raw: bytes, encoding: str) -> str:
 def is_upload(value) -> bool:
     """Whether a body field is a multipart file part (raw bytes, no encoding needed)."""
     return isinstance(value, UploadedFile)
+
+
+def host_allowed(environ) -> bool:
+    """Whether Django would accept a WSGI request's Host (for the fast paths, which answer before Django)."""
+    allowed = settings.ALLOWED_HOSTS
+    if "*" in allowed:
+        return True
+    if settings.USE_X_FORWARDED_HOST or not allowed:
+        return False  # Django's own rules for these cases are not repeated here
+    domain, _ = split_domain_port(environ.get("HTTP_HOST", ""))
+    return bool(domain) and validate_host(domain, allowed)

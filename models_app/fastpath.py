@@ -20,9 +20,9 @@ from time import perf_counter
 import orjson
 from django.conf import settings
 from django.core import signals
-from django.http.request import split_domain_port, validate_host
 from rest_framework.utils.encoders import JSONEncoder
 
+from gridnode.http import host_allowed
 from gridnode.observability import observe_request
 from models_app import inference
 
@@ -81,7 +81,7 @@ class InferenceFastPath:
             return False
         if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             return False
-        return _host_allowed(environ)
+        return host_allowed(environ)
 
     def _answer(self, environ, model_id: str, body: bytes) -> bytes | None:
         """The rendered success answer, or None when Django should answer (an error, or anything odd)."""
@@ -104,14 +104,3 @@ def _observe(path: str, model_id: str, seconds: float) -> None:
         observe_request(method="POST", path=path, endpoint=endpoint, status=200, seconds=seconds, model_id=model_id)
     except Exception:  # telemetry never fails a request that was answered
         logger.exception("recording request metrics failed")
-
-
-def _host_allowed(environ) -> bool:
-    """Whether Django would accept the request's Host (it answers 400 itself when not)."""
-    allowed = settings.ALLOWED_HOSTS
-    if "*" in allowed:
-        return True
-    if settings.USE_X_FORWARDED_HOST or not allowed:
-        return False  # Django's own rules for these cases are not repeated here
-    domain, _ = split_domain_port(environ.get("HTTP_HOST", ""))
-    return bool(domain) and validate_host(domain, allowed)

@@ -50,14 +50,23 @@ def signed_headers(method: str, path: str, body: bytes) -> dict[str, str]:
 
 
 def verify_request(request, body: bytes) -> None:
-    """Nothing when the request is signed by a node holding our secret; otherwise a 401 (or 503)."""
+    """Nothing when a Django request is signed by a node holding our secret; otherwise a 401 (or 503)."""
+    verify(
+        method=request.method,
+        path=request.path,
+        timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
+        signature=request.headers.get(SIGNATURE_HEADER, ""),
+        body=body,
+    )
+
+
+def verify(*, method: str, path: str, timestamp: str, signature: str, body: bytes) -> None:
+    """Nothing when the signature is a peer node's over this request; otherwise a 401 (or 503)."""
     key = _key()
-    timestamp = request.headers.get(TIMESTAMP_HEADER, "")
-    signature = request.headers.get(SIGNATURE_HEADER, "")
     if not timestamp or not signature:
         raise NodeAuthenticationFailed("This endpoint is for the nodes of an encrypted model: the request is unsigned.")
     if not timestamp.isascii() or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_CLOCK_SKEW:
         raise NodeAuthenticationFailed("The request's signature timestamp is missing, malformed or too old.")
-    expected = _signature(key, request.method, request.path, timestamp, body)
+    expected = _signature(key, method, path, timestamp, body)
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         raise NodeAuthenticationFailed("The request's node signature does not match.")

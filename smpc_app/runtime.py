@@ -15,10 +15,12 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
+from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from gridnode.errors import BadGateway, BadRequest, Conflict
@@ -31,6 +33,8 @@ SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 SESSION_RULE = "32 lowercase hexadecimal characters (128 random bits, fresh for every inference)"
 # Provider rows older than this are deleted; far longer than any session can run.
 SESSION_RECORD_DAYS = 1
+# How often (one request in this many) the provider deletes those old rows.
+PRUNE_ONE_IN = 100
 _SEED_PURPOSE = b"gridnode smpc provider seed v1\x00"
 
 
@@ -68,6 +72,8 @@ def worker_evaluate(*, model_id: str, body: bytes) -> bytes:
     if inputs.dim() != len(spec.input_shape) + 1 or tuple(inputs.shape[1:]) != spec.input_shape:
         raise BadRequest(f"'x' must have shape [batch, {', '.join(map(str, spec.input_shape))}].")
     batch = _batch(inputs.shape[0])
+    # Both roles' addresses in one query (each property alone would run its own).
+    prefetch_related_objects([share.registration], "assignments__node")
     workers = share.registration.worker_urls
     if len(workers) != 2:
         raise Conflict(f"'{model_id}' is registered with {len(workers)} workers: encrypted inference runs on two.")
@@ -163,22 +169,36 @@ def provider_deal(*, model_id: str, body: bytes) -> bytes:
 
 
 def _session_claim(*, session_id: str, model_id: str, batch: int, party: int) -> bytes:
-    """The session's nonce, after marking `party` served; a 409 when it was served before."""
-    RandomnessSession.objects.filter(created_at__lt=timezone.now() - timedelta(days=SESSION_RECORD_DAYS)).delete()
-    try:
-        with transaction.atomic():
-            record = RandomnessSession.objects.create(
-                session_id=session_id, model_id=model_id, batch=batch, nonce=os.urandom(16)
-            )
-    except IntegrityError:
-        record = RandomnessSession.objects.get(session_id=session_id)
-    if record.model_id != model_id or record.batch != batch:
-        raise Conflict(f"Session {session_id} was started for another model or batch: use a fresh session id.")
-    served = {0: "served_party_0", 1: "served_party_1"}[party]
-    claimed = RandomnessSession.objects.filter(pk=record.pk, **{served: False}).update(**{served: True})
-    if not claimed:
+    """The session's nonce, after marking `party` served; a 409 when it was served before.
+
+    One statement inserts the session or marks the party on the existing row, and only when that party
+    was not served yet, so two requests for one party can never both get it. On PostgreSQL it commits
+    without waiting for the disk: a crash may forget a session, and then a later request draws a new
+    nonce, whose randomness the other party's does not match. The workers check that they hold the same
+    randomness before their first exchange (`engine.Evaluation`), so such a session fails, never misleads.
+    """
+    if secrets.randbelow(PRUNE_ONE_IN) == 0:
+        cutoff = timezone.now() - timedelta(days=SESSION_RECORD_DAYS)
+        RandomnessSession.objects.filter(created_at__lt=cutoff).delete()
+    served = f"served_party_{party}"
+    table = RandomnessSession._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(
+            f"INSERT INTO {table} (session_id, model_id, batch, nonce, served_party_0, served_party_1, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            f"ON CONFLICT (session_id) DO UPDATE SET {served} = %s WHERE {table}.{served} = %s "
+            "RETURNING model_id, batch, nonce",
+            [session_id, model_id, batch, os.urandom(16), party == 0, party == 1, timezone.now(), True, False],
+        )
+        claimed = cursor.fetchone()
+    if claimed is None:
         raise Conflict(f"Party {party}'s randomness for session {session_id} was already dealt: use a new session id.")
-    return bytes(record.nonce)
+    claimed_model_id, claimed_batch, nonce = claimed
+    if claimed_model_id != model_id or claimed_batch != batch:
+        raise Conflict(f"Session {session_id} was started for another model or batch: use a fresh session id.")
+    return bytes(nonce)
 
 
 def message_session_id(body: bytes) -> str:
