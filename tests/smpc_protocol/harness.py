@@ -163,18 +163,17 @@ def assert_uniform_bits(values: torch.Tensor, what: str, *, bits: int = 64) -> N
     """Each bit position of `values` (int64 ring elements, or 0/1 values with bits=1) is set about half the time.
 
     Hoeffding: the frequency of a fair bit over n samples is off by t or more with probability at most
-    2 exp(-2 n t^2). t is chosen so that this is 1e-13 per bit position; the test suite makes far fewer than
-    10^4 such checks, so a uniform tensor fails one with probability below 1e-9.
+    2 exp(-2 n t^2). t is chosen so that this is 1e-13 / bits per position, 1e-13 per call; the directory
+    makes fewer than 2,000 calls, so uniform values fail one with probability below 1e-9 per test run.
     """
     flat = values.reshape(-1)
     if bits == 1:
         assert bool(((flat == 0) | (flat == 1)).all()), f"{what}: not all values are 0 or 1"
     count = flat.numel()
-    tolerance = math.sqrt(math.log(2 / 1e-13) / (2 * count))
+    tolerance = math.sqrt(math.log(2 * bits / 1e-13) / (2 * count))
     # Smaller samples would let a constant bit (frequency 0 or 1) pass: refuse them rather than test nothing.
     assert tolerance < 0.4, f"{what}: {count} values are too few for a frequency test"
-    positions = torch.arange(bits, dtype=torch.int64)
-    frequencies = ((flat.unsqueeze(1) >> positions) & 1).to(torch.float64).mean(dim=0)
+    frequencies = torch.tensor([float(((flat >> position) & 1).sum()) / count for position in range(bits)])
     worst = int((frequencies - 0.5).abs().argmax())
     assert abs(float(frequencies[worst]) - 0.5) < tolerance, (
         f"{what}: bit {worst} is set in {float(frequencies[worst]):.3f} of {count} values (tolerance {tolerance:.3f})"
