@@ -110,6 +110,15 @@ _PERMISSIONS_BODY = {
     "type": "object",
     "properties": {"allow_remote_inference": BOOLEAN_FIELD, "allow_download": BOOLEAN_FIELD},
 }
+
+
+def _all_optional(bodies: dict) -> dict:
+    """Request bodies whose fields are all optional: OpenAPI 3.0 refuses an empty `required` list."""
+    return {
+        media: {key: value for key, value in schema.items() if key != "required"} for media, schema in bodies.items()
+    }
+
+
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 _NOT_FOUND = "No registration with this id, or no share of it on this node (the error says which)."
 
@@ -201,7 +210,7 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
         summary="Change who may run or download the share; a flag left out keeps its value (group: write).",
         tags=["encrypted models"],
         parameters=[_MODEL_ID],
-        request=json_form_and_multipart(_PERMISSIONS_BODY),
+        request=_all_optional(json_form_and_multipart(_PERMISSIONS_BODY)),
         examples=[
             OpenApiExample(
                 "Allow inference",

@@ -512,3 +512,17 @@ def test_a_registration_deleted_during_an_upload_leaves_no_file(register, shared
     assert not ModelShare.objects.exists()
     assert stored_share_files(data_dir) == []
     assert staged_files(data_dir) == []
+
+
+def test_the_documents_example_upload_is_accepted(api, register):
+    """/api/schema/ offers a real part as its example, so that generated requests reach this happy path."""
+    register("shared")
+    operation = api.get("/api/schema/?format=json").json()["paths"]["/encrypted-models/{model_id}/share"]["post"]
+    example = next(iter(operation["requestBody"]["content"]["application/json"]["examples"].values()))["value"]
+
+    response = api.post("/encrypted-models/shared/share", example, format="json")
+
+    assert response.status_code == 201, response.content
+    share = ModelShare.objects.get()
+    assert (share.role, share.party, share.allow_remote_inference) == ("crypto_provider", None, True)
+    assert share.spec == example["spec"]
