@@ -10,8 +10,8 @@ from django.db import close_old_connections
 VOLATILE = {"date", "server"}
 
 
-def call_wsgi(app, method, path, body=b"", content_type="application/json", host="127.0.0.1"):
-    """(status, headers with lower-case names, body) of one request."""
+def call_wsgi(app, method, path, body=b"", content_type="application/json", host="127.0.0.1", headers=None):
+    """(status, headers with lower-case names, body) of one request; `headers` are extra request headers."""
     environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
@@ -25,6 +25,8 @@ def call_wsgi(app, method, path, body=b"", content_type="application/json", host
         "wsgi.errors": io.StringIO(),
         "wsgi.url_scheme": "http",
     }
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
     answer = {}
 
     def start_response(status, headers, exc_info=None):
