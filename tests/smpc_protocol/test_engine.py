@@ -70,6 +70,37 @@ def test_it_uses_the_rounds_it_counts(model, input_shape, rounds):
     assert [len(run.received) for run in runs] == [rounds, rounds]
 
 
+def test_it_checks_the_agreement_in_the_first_round_only():
+    _, runs = evaluate(hosting.split_model(mlp(), (784,)), ring.encode(torch.rand(2, 784)))
+
+    for run in runs:
+        assert engine.AGREEMENT in run.received[0]
+        assert not any(engine.AGREEMENT in message for message in run.received[1:])
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 5)])
+def test_average_pooling_is_off_by_no_more_than_its_fixed_point_scale(kernel):
+    pool = nn.AvgPool2d(kernel, stride=1)
+    model = nn.Sequential(pool)
+    inputs = torch.randint(-1000, 1001, (2, 1, 6, 6), generator=torch.Generator().manual_seed(15)).double()
+    inputs += torch.rand(inputs.shape, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    inputs = ring.decode(ring.encode(inputs))
+    expected = pool(inputs)
+    shared = hosting.split_model(model, (1, 6, 6))
+    window = kernel[0] * kernel[1]
+    # 1 / window in fixed point is off by at most half a unit, 2^-17, relative to 2^-16 / window; the truncation
+    # adds one unit.
+    scale_error = window * 2.0**-17
+    tolerance = expected.abs() * scale_error + 2.0**-16
+    assert truncation_failure_bound(model, inputs) < 3e-5
+
+    def within() -> bool:
+        outputs, _ = evaluate(shared, ring.encode(inputs))
+        return bool(((ring.decode(outputs) - expected).abs() <= tolerance).all())
+
+    assert one_of_two_runs(within)
+
+
 def test_it_counts_no_rounds_for_public_layers():
     shared = hosting.split_model(nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), (1, 4, 4))
 
