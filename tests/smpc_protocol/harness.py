@@ -98,7 +98,7 @@ def run_parties(
                 run.output = evaluation.run(input_shares[party])
             finally:
                 run.rounds = evaluation.rounds
-        except BaseException as error:  # noqa: BLE001 - handed to the test, which decides what was expected
+        except BaseException as error:  # handed to the test, which decides what was expected
             run.error = error
 
     threads = [threading.Thread(target=play, args=(party,), daemon=True) for party in (0, 1)]

@@ -111,14 +111,15 @@ def test_it_counts_no_rounds_for_public_layers():
     assert ring.decode(outputs).tolist() == [[1.0] * 4]
 
 
-def run_mlp(**options):
+def run_mlp(shares_given=lambda first, second: (first, second), **options):
+    """Both parties' runs of the MLP on 4 inputs, each party given what `shares_given` makes of its share."""
     shared = hosting.split_model(mlp(), (784,))
     first, second = ring.share(ring.encode(torch.rand(4, 784)))
     return run_parties(
         specs=(shared.spec, shared.spec),
         parts=shared.worker_parts,
         provider_part=shared.provider_part,
-        input_shares=options.pop("input_shares", lambda first, second: (first, second))(first, second),
+        input_shares=shares_given(first, second),
         **options,
     )
 
@@ -134,7 +135,7 @@ def test_it_stops_both_parties_when_they_disagree_on_the_session():
 
 
 def test_it_stops_both_parties_when_their_batches_differ():
-    runs = run_mlp(input_shares=lambda first, second: (first, second[:3]))
+    runs = run_mlp(shares_given=lambda first, second: (first, second[:3]))
 
     for run in runs:
         assert isinstance(run.error, engine.ProtocolError)
@@ -162,7 +163,7 @@ def test_it_stops_both_parties_when_their_models_differ():
 
 def test_it_refuses_inputs_for_another_batch_than_its_randomness():
     # Party 1 holds randomness for 4 inputs but shares of 1: broadcasting must not turn that into an answer.
-    runs = run_mlp(input_shares=lambda first, second: (first, second[:1]), bundle_batches=(4, 4), exchange_timeout=0.2)
+    runs = run_mlp(shares_given=lambda first, second: (first, second[:1]), bundle_batches=(4, 4), exchange_timeout=0.2)
 
     assert isinstance(runs[1].error, engine.ProtocolError)
     assert runs[0].output is None
@@ -177,10 +178,11 @@ def test_it_refuses_inputs_for_another_batch_than_its_randomness():
         lambda shares: shares.reshape(4, 28, 28),
         lambda shares: shares[0],
     ],
+    ids=["too few features", "float64", "an image", "no batch"],
 )
 def test_it_refuses_inputs_that_do_not_fit_the_model(mangle):
     runs = run_mlp(
-        input_shares=lambda first, second: (first, mangle(second)), bundle_batches=(4, 4), exchange_timeout=0.2
+        shares_given=lambda first, second: (first, mangle(second)), bundle_batches=(4, 4), exchange_timeout=0.2
     )
 
     assert isinstance(runs[1].error, engine.ProtocolError)
