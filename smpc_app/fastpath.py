@@ -38,7 +38,12 @@ class SessionExchangeFastPath:
         self.app = app
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") not in EXCHANGE_PATHS or environ.get("REQUEST_METHOD") != "POST":
+        # Peers send no query string; a request with one gets Django's answer (?format= rules and all).
+        if (
+            environ.get("PATH_INFO") not in EXCHANGE_PATHS
+            or environ.get("REQUEST_METHOD") != "POST"
+            or environ.get("QUERY_STRING")
+        ):
             return self.app(environ, start_response)
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -17,6 +17,7 @@ from smpc_app import channels, nodeauth, runtime
 
 MESSAGE_TYPE = "application/octet-stream"
 _MESSAGE = {MESSAGE_TYPE: {"type": "string", "format": "binary"}}
+_UNKNOWN_FORMAT = "An unknown ?format= (json and smpc are known)."
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 
 
@@ -89,7 +90,7 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         request=_MESSAGE,
         responses={
             (200, MESSAGE_TYPE): OpenApiResponse({"type": "string", "format": "binary"}, "Party 1's message."),
-            **errors(400, 401, 409, 411, 413, 502, 503, 504),
+            **errors(400, 401, 404, 409, 411, 413, 502, 503, 504, e404=_UNKNOWN_FORMAT),
         },
     )
     def exchange(self, request):

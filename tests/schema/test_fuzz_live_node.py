@@ -76,11 +76,13 @@ answered: dict[str, Counter] = defaultdict(Counter)
 
 
 @pytest.fixture
-def seeded_node(request, live_server, serve, api, mlp_jit):
+def seeded_node(request, live_server, serve, api, mlp_jit, settings):
     """A live node holding a model, a dataset and a registration under the document's example ids.
 
     Afterwards: every operation of the run was exercised and the seeded happy paths were reached.
     """
+    # An SMPC node: its node-to-node endpoints refuse unsigned requests (401) instead of answering 503.
+    settings.GRIDNODE_SMPC_SECRET = "fuzz" * 10
     serve(EXAMPLE_MODEL_ID, mlp_jit, allow_download=True, allow_remote_inference=True)
     dataset = {"id": EXAMPLE_DATASET_ID, "tags": ["#demo"], "data": [[1, 2, 3, 4]], "allow_download": True}
     assert api.post("/datasets", dataset, format="json").status_code == 201

@@ -31,7 +31,8 @@ def test_it_renders_with_local_assets_only(client):
     assert f"{SIDECAR}swagger-ui-bundle.js" in assets
     assert f"{SIDECAR}swagger-ui.css" in assets
     assert all(asset.startswith(SIDECAR) for asset in assets), assets
-    assert "cdn" not in html.lower()
+    # A CDN would be named in a URL; the bare letters can turn up in the page's random CSRF token.
+    assert not re.search(r"//[^\s\"']*cdn", html.lower())
     assert "/api/schema" in html  # the document it shows is this node's
 
 
