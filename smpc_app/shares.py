@@ -154,9 +154,6 @@ def share_spec_check(*, spec_json) -> ModelSpec:
         return ModelSpec.from_json(value)
     except SpecError as exc:
         raise BadRequest(f"'spec' is not a model the protocol runs: {exc}.") from None
-    except TypeError:
-        # from_json looks a layer's "type" up in a dict unchecked: a list or an object there is unhashable.
-        raise BadRequest("'spec' is not a model the protocol runs: a layer's 'type' must be text.") from None
 
 
 def _too_large() -> PayloadTooLarge:
