@@ -155,6 +155,9 @@ if GRIDNODE_SMPC_SECRET and len(GRIDNODE_SMPC_SECRET) < 32:
     raise ImproperlyConfigured("GRIDNODE_SMPC_SECRET must be at least 32 characters long.")
 # How long a worker waits for its peer or the crypto provider before giving up on a session (seconds).
 GRIDNODE_SMPC_TIMEOUT = env_int("GRIDNODE_SMPC_TIMEOUT", 10, minimum=1)
+# Evaluations one process runs at once (0: no bound, as under runserver, a thread per request); more get
+# a 503 at once rather than taking the threads the running ones need for their exchanges.
+GRIDNODE_SMPC_MAX_SESSIONS = env_int("GRIDNODE_SMPC_MAX_SESSIONS", 0)
 
 # Token auth per group of endpoints (README: "Security"). Open by default, as the seed says ("Auth required:
 # NO (can be changed)"); each switch closes one group to requests without a valid `Authorization: Token`.

@@ -11,11 +11,13 @@ the nonce and which party was served, so each party's half is dealt once and a s
 gets fresh randomness (never the same triples twice).
 """
 
+import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import threading
 from datetime import timedelta
 
 from django.conf import settings
@@ -23,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from gridnode.errors import BadGateway, BadRequest, Conflict
+from gridnode.errors import BadGateway, BadRequest, Conflict, ServiceUnavailable
 from smpc_app.channels import PeerChannel, SessionMailbox, Traffic, node_connection, post_signed
 from smpc_app.models import RandomnessSession
 from smpc_app.shares import share_load
@@ -59,8 +61,35 @@ def _batch(value) -> int:
     return value
 
 
+_running = 0
+_running_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _session_slot():
+    """A place among this process's GRIDNODE_SMPC_MAX_SESSIONS evaluations, or a 503 when all are taken."""
+    global _running
+    limit = settings.GRIDNODE_SMPC_MAX_SESSIONS
+    with _running_lock:
+        if limit and _running >= limit:
+            raise ServiceUnavailable(
+                "This worker is running as many encrypted inferences as it can at once: try again shortly."
+            )
+        _running += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
+
+
 def worker_evaluate(*, model_id: str, body: bytes) -> bytes:
     """This worker's share of the model's output for the client's share of its input (a packed message)."""
+    with _session_slot():
+        return _evaluate(model_id=model_id, body=body)
+
+
+def _evaluate(*, model_id: str, body: bytes) -> bytes:
     tensors, meta = _unpack(body, "request body")
     session_id = _session_id(meta)
     if set(tensors) != {"x"}:

@@ -17,6 +17,9 @@ from smpc_app import channels, nodeauth, runtime
 
 MESSAGE_TYPE = "application/octet-stream"
 _MESSAGE = {MESSAGE_TYPE: {"type": "string", "format": "binary"}}
+_BUSY_OR_UNSET = (
+    "This node has no GRIDNODE_SMPC_SECRET, or is running GRIDNODE_SMPC_MAX_SESSIONS evaluations per process."
+)
 _UNKNOWN_FORMAT = "An unknown ?format= (json and smpc are known)."
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 
@@ -56,7 +59,7 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         request=_MESSAGE,
         responses={
             (200, MESSAGE_TYPE): OpenApiResponse({"type": "string", "format": "binary"}, "This worker's output share."),
-            **errors(400, 401, 403, 404, 409, 411, 413, 502, 503, 504),
+            **errors(400, 401, 403, 404, 409, 411, 413, 502, 503, 504, e503=_BUSY_OR_UNSET),
         },
     )
     @requires(INFERENCE)

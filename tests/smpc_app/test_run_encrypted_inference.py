@@ -124,3 +124,18 @@ def test_a_registration_with_three_workers_is_a_409(api, register, upload_share)
 
     assert response.status_code == 409
     assert "runs on two" in response.json()["error"]
+
+
+def test_a_worker_running_all_the_evaluations_it_may_answers_503_at_once(api, worker, settings):
+    from smpc_app.runtime import _session_slot
+
+    worker(0)
+    settings.GRIDNODE_SMPC_MAX_SESSIONS = 1
+
+    with _session_slot():
+        busy = evaluate(api, input_share())
+    free_again = evaluate(api, input_share())
+
+    assert busy.status_code == 503
+    assert "try again" in busy.json()["error"]
+    assert free_again.status_code == 502  # past the slot: on to the (unreachable) crypto provider
