@@ -24,7 +24,11 @@ WRITE = "write"
 INFERENCE = "inference"
 DOWNLOAD = "download"
 METRICS = "metrics"
+# The groups an operator can close (GRIDNODE_AUTH_<GROUP>).
 GROUPS = (READ, WRITE, INFERENCE, DOWNLOAD, METRICS)
+# Calls between the nodes of an encrypted model (smpc_app): they prove themselves with a signature under
+# the nodes' shared GRIDNODE_SMPC_SECRET, checked by the view, so no user token is ever asked of them.
+NODES = "nodes"
 
 KEYWORD = "Token"
 # DRF makes 40 hex digits; a key that could not have been stored is refused without a query (a NUL byte
@@ -45,12 +49,14 @@ class Unauthorized(GridError):
 
 def group_closed(group: str) -> bool:
     """Whether the operator turned token auth on for this group (read per request, not at import)."""
+    if group == NODES:
+        return False
     return getattr(settings, f"GRIDNODE_AUTH_{group.upper()}")
 
 
 def _check_group(group: str) -> None:
-    if group not in GROUPS:
-        raise ValueError(f"Unknown auth group {group!r}: one of {', '.join(GROUPS)}.")
+    if group not in (*GROUPS, NODES):
+        raise ValueError(f"Unknown auth group {group!r}: one of {', '.join((*GROUPS, NODES))}.")
 
 
 def requires(group: str, **error_fields) -> Callable:

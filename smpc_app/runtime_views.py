@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import renderers, viewsets
 from rest_framework.settings import api_settings
 
-from gridnode.auth import INFERENCE, requires
+from gridnode.auth import INFERENCE, NODES, requires
 from gridnode.http import check_object_id
 from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, errors, id_parameter
 from smpc_app import channels, nodeauth, runtime
@@ -79,6 +79,7 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
             **errors(400, 401, 403, 404, 409, 411, 413, 503),
         },
     )
+    @requires(NODES)
     def deal(self, request, model_id):
         """POST /encrypted-models/<id>/randomness: one worker's half of a session's randomness."""
         body = request.body
@@ -96,6 +97,7 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
             **errors(400, 401, 404, 409, 411, 413, 502, 503, 504, e404=_UNKNOWN_FORMAT),
         },
     )
+    @requires(NODES)
     def exchange(self, request):
         """POST /smpc/exchange: pass party 0's message to this node's evaluation and answer its reply."""
         body = request.body

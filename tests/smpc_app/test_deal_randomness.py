@@ -179,3 +179,12 @@ def test_an_unknown_model_is_a_404(api, provider):
     response = deal(api, body, path="/encrypted-models/nope/randomness")
 
     assert response.status_code == 404
+
+
+def test_a_signed_call_needs_no_user_token_even_when_every_group_is_closed(api, provider, settings):
+    for group in ("read", "write", "inference", "download", "metrics"):
+        setattr(settings, f"GRIDNODE_AUTH_{group.upper()}", True)
+
+    response = deal(api, message(secrets.token_hex(16), shared_model=provider))
+
+    assert response.status_code == 200
