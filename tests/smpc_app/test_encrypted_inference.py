@@ -30,7 +30,13 @@ def _postgres_server_url() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    nodes = SmpcCluster(tmp_path_factory.mktemp("smpc"), postgres_url=_postgres_server_url(), smpc_timeout=NODE_TIMEOUT)
+    nodes = SmpcCluster(
+        tmp_path_factory.mktemp("smpc"),
+        postgres_url=_postgres_server_url(),
+        smpc_timeout=NODE_TIMEOUT,
+        # Every request logged (one JSON line each) and access-logged, so the privacy test reads those too.
+        environment={"GRIDNODE_LOG_LEVEL": "INFO", "GRIDNODE_ACCESS_LOG": "-"},
+    )
     try:
         yield nodes.start()
     finally:
@@ -127,8 +133,9 @@ def test_no_node_keeps_a_weight_or_an_input_in_clear_in_its_files_database_or_lo
 
     secrets_in_clear = _patterns(weight_matrix(model[0])) + _patterns(model[0].bias.detach()) + _patterns(inputs)
     kept_by_node = _node_bytes(cluster)
-    # The search does see each node's database: the model's spec is stored there in clear.
+    # The search does see each node's database (the model's spec is stored there in clear) and its log.
     assert all(b"in_features" in kept for kept in kept_by_node.values())
+    assert all(f"/encrypted-models/{model_id}/".encode() in kept for kept in kept_by_node.values())
     for name, kept in kept_by_node.items():
         leaked = [pattern.hex() for pattern in secrets_in_clear if pattern in kept]
         assert not leaked, f"{name} keeps {len(leaked)} weight or input patterns in clear"
