@@ -112,7 +112,9 @@ class ModelSpec:
         layers = tuple(_layer_from_module(child, index) for index, child in enumerate(module))
         if not layers:
             raise SpecError("the model has no layers")
-        return cls(input_shape=tuple(int(size) for size in input_shape), layers=layers)
+        # The same rules as a spec read from JSON, so that every spec made here is one nodes accept.
+        layers_json = [layer.to_json() for layer in layers]
+        return cls.from_json({"version": SPEC_VERSION, "input_shape": list(input_shape), "layers": layers_json})
 
 
 def weight_count(layer: Layer) -> int:

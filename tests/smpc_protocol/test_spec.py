@@ -207,3 +207,9 @@ def test_it_refuses_hostile_json_with_spec_error_only(document):
 
 def test_spec_error_is_a_value_error():
     assert issubclass(SpecError, ValueError)
+
+
+@pytest.mark.parametrize("input_shape", [(-4,), (0, 3), (4.5,), ()])
+def test_a_model_split_for_an_impossible_input_shape_is_refused(input_shape):
+    with pytest.raises(SpecError):
+        ModelSpec.from_sequential(nn.Sequential(nn.Linear(4, 3)), input_shape)
