@@ -199,6 +199,21 @@ def test_node_to_node_calls_need_the_shared_secret(cluster):
         assert refused.value.status == 401
 
 
+def test_a_peer_that_never_joins_the_session_is_a_504_within_the_timeout(cluster):
+    """The client reaches worker 0 only: worker 0 waits for worker 1's side of the session, then gives up."""
+    model_id = host(cluster, mlp(), (784,))
+    x0, _ = ring.share(ring.encode(torch.rand(1, 784)))
+    worker0 = GridNodeClient(cluster.urls[0], timeout=NODE_TIMEOUT * 4)
+
+    started = time.monotonic()
+    with pytest.raises(ServerError) as failure:
+        worker0.evaluate_share(model_id, wire.pack({"x": x0}, {"session": secrets.token_hex(16)}))
+
+    assert failure.value.status == 502  # worker 1 answered worker 0's first round with its own 504
+    assert "No evaluation of session" in str(failure.value)
+    assert time.monotonic() - started < NODE_TIMEOUT * 3
+
+
 def test_a_crashed_peer_gives_the_client_a_clear_error_within_the_timeout_never_an_answer(cluster):
     """Last in this module: it kills worker 1."""
     model_id = host(cluster, mlp(), (784,))
