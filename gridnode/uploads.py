@@ -19,6 +19,7 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFi
 from django.urls import Resolver404, resolve
 
 from gridnode.errors import PayloadTooLarge
+from gridnode.http import SECURITY_HEADERS
 from gridnode.observability import observe_request
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ def _length_required(environ, start_response):
     """411 in the node's error shape, counted and logged as Django's middleware would have."""
     started = perf_counter()
     body = orjson.dumps({"error": "Send the request body with a Content-Length header (chunked bodies are not read)."})
-    start_response("411 Length Required", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *SECURITY_HEADERS]
+    start_response("411 Length Required", headers)
     path = environ.get("PATH_INFO", "")
     try:
         match = resolve(path)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core import signals
 from rest_framework.utils.encoders import JSONEncoder
 
-from gridnode.http import host_allowed
+from gridnode.http import SECURITY_HEADERS, host_allowed
 from gridnode.observability import observe_request
 from models_app import inference
 
@@ -36,10 +36,7 @@ _HEADERS = [
     ("Content-Type", "application/json"),
     ("Vary", "Accept"),
     ("Allow", "POST, OPTIONS"),
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
+    *SECURITY_HEADERS,
 ]
 
 

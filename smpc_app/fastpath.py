@@ -15,20 +15,13 @@ from time import perf_counter
 from django.conf import settings
 
 from gridnode.errors import GridError
-from gridnode.http import host_allowed
+from gridnode.http import SECURITY_HEADERS, host_allowed
 from gridnode.observability import observe_request
 from smpc_app import channels, nodeauth, runtime
 
 logger = logging.getLogger(__name__)
 
 EXCHANGE_PATHS = {channels.EXCHANGE_PATH, channels.EXCHANGE_PATH + "/"}
-# What Django's middleware adds to every answer, kept alike on this path.
-_HEADERS = [
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
-]
 
 
 class SessionExchangeFastPath:
@@ -71,7 +64,7 @@ class SessionExchangeFastPath:
             status, content, content_type = answer.status_code, answer.content, answer["Content-Type"]
         start_response(
             f"{status} {http.HTTPStatus(status).phrase}",
-            [("Content-Type", content_type), ("Content-Length", str(len(content))), *_HEADERS],
+            [("Content-Type", content_type), ("Content-Length", str(len(content))), *SECURITY_HEADERS],
         )
         try:
             observe_request(

@@ -26,6 +26,7 @@ from tests.reliability.helpers import (
     raw_exchange,
     status_of,
 )
+from tests.wsgi import call_wsgi
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -304,6 +305,16 @@ def test_a_chunked_body_is_411_and_never_read(mlp, data_dir):
     assert status == 411
     assert answer == {"error": "Send the request body with a Content-Length header (chunked bodies are not read)."}
     assert read == 0
+
+
+def test_the_411_carries_the_security_headers_of_djangos_answers():
+    from gridnode.wsgi import application
+
+    status, headers, _ = call_wsgi(application, "POST", "/serve-model", b"", headers={"Transfer-Encoding": "chunked"})
+
+    assert status == 411
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
 
 
 def test_gunicorn_passes_chunked_bodies_to_the_node_which_answers_411(node_processes, data_dir, tmp_path, mlp_jit):
