@@ -16,8 +16,9 @@ bind = env_str("GRIDNODE_BIND", "127.0.0.1:8000")
 workers = env_int("GRIDNODE_WORKERS", _cores + 1, minimum=1)
 worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
 # An SMPC worker's evaluation waits in its thread while its peer's messages arrive on other requests,
-# so a node with GRIDNODE_SMPC_SECRET gets threads to spare (README: Encrypted inference).
-threads = env_int("GRIDNODE_THREADS", 4 if os.environ.get("GRIDNODE_SMPC_SECRET") else 1, minimum=1)
+# and gunicorn hands connections to processes unevenly (4 clients at once could all land on one), so a
+# node with GRIDNODE_SMPC_SECRET gets threads to spare (README: Encrypted inference).
+threads = env_int("GRIDNODE_THREADS", 16 if os.environ.get("GRIDNODE_SMPC_SECRET") else 1, minimum=1)
 # Each process runs at most threads - 1 evaluations, so one thread is always free for exchanges.
 os.environ.setdefault("GRIDNODE_SMPC_MAX_SESSIONS", str(max(1, threads - 1)))
 # Clients such as ApacheBench and requests.Session reuse connections.

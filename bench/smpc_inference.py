@@ -12,6 +12,7 @@ plaintext model's. The nodes and their databases are removed at the end. The las
 
 bytes_per_worker is the mean, over requests and the two workers, of what a worker sent and received
 (the client's share, the provider's randomness, the exchanges with its peer, its answer), in bytes.
+Before it, a line gives throughput and latency with 4 clients at once (200 inferences).
 """
 
 import os
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +33,32 @@ from gridclient.encrypted import host_encrypted_model, run_encrypted_inference  
 from tests.smpc_app.live_nodes import SmpcCluster  # noqa: E402
 
 WARM_UP = 20
+CONCURRENT_CLIENTS = 4
+CONCURRENT_REQUESTS = 200
 
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def run_concurrently(workers: list[str]) -> str:
+    """Throughput and latency with several clients at once (each node runs 2 processes of 4 threads)."""
+    latencies: list[float] = []
+
+    def one(_):
+        started = time.perf_counter()
+        run_encrypted_inference("bench-mlp", torch.rand(1, 784), workers=workers)
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
+        list(pool.map(one, range(CONCURRENT_REQUESTS)))
+    elapsed = time.perf_counter() - started
+    return (
+        f"{CONCURRENT_CLIENTS} clients at once: {CONCURRENT_REQUESTS / elapsed:.1f} inferences/s, "
+        f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms"
+    )
 
 
 def main() -> None:
@@ -77,12 +100,14 @@ def main() -> None:
                 agree += int(torch.equal(result.output.argmax(dim=1), expected.argmax(dim=1)))
                 traffic.extend(result.bytes_per_worker)
                 rounds.add(result.rounds)
+            concurrent = run_concurrently(workers)
         finally:
             cluster.stop()
     print(
         f"latency ms: mean {statistics.mean(latencies):.1f}, min {min(latencies):.1f}, "
         f"p90 {percentile(latencies, 0.9):.1f}, max {max(latencies):.1f}"
     )
+    print(concurrent)
     print(
         f"smpc_mlp p50_ms={percentile(latencies, 0.5):.1f} p99_ms={percentile(latencies, 0.99):.1f} "
         f"max_abs_err={max(errors):.2e} argmax_agree={agree}/{requests} rounds={'/'.join(map(str, sorted(rounds)))} "

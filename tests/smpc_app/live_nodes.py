@@ -87,8 +87,7 @@ class SmpcCluster:
             GRIDNODE_SMPC_SECRET=self.secret,
             GRIDNODE_SMPC_TIMEOUT=str(self.smpc_timeout),
             GRIDNODE_BIND="127.0.0.1:0",
-            GRIDNODE_WORKERS="2",
-            GRIDNODE_THREADS="4",
+            GRIDNODE_WORKERS="2",  # threads: gunicorn.conf.py's default for SMPC nodes
             GRIDNODE_LOG_LEVEL="WARNING",
         )
         env.update(self.environment)
