@@ -115,7 +115,7 @@ def download_model(client: GridNodeClient, args) -> int:
 
 
 def infer(client: GridNodeClient, args) -> int:
-    if Path(args.data).is_file():
+    if _names_a_file(args.data):
         inputs = _tensor_file_inputs(Path(args.data))
         prediction = client.run_inference(args.id, *inputs, all_outputs=args.all_outputs)
         try:
@@ -129,6 +129,34 @@ def infer(client: GridNodeClient, args) -> int:
         raise UsageError(f"--data is neither a file nor a JSON array: {args.data[:40]!r}") from None
     _print_json(client.run_inference_json(args.id, data, all_outputs=args.all_outputs))
     return OK
+
+
+def encrypted_infer(client: GridNodeClient, args) -> int:
+    from gridclient.encrypted import run_encrypted_inference
+
+    if _names_a_file(args.data):
+        inputs = _tensor_file_inputs(Path(args.data))
+        if len(inputs) != 1:
+            raise UsageError("--data must hold one tensor: encrypted models take one input")
+        data = inputs[0]
+    else:
+        import torch
+
+        try:
+            data = torch.tensor(json.loads(args.data), dtype=torch.float64)
+        except (ValueError, TypeError, RuntimeError):
+            raise UsageError(f"--data is neither a file nor a JSON array of numbers: {args.data[:40]!r}") from None
+    result = run_encrypted_inference(args.id, data, via=client.url, timeout=args.timeout)
+    _print_json(result.output.tolist())
+    return OK
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether --data names a file (a long inline JSON array is no file name: too long to be one)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False
 
 
 def _tensor_file_inputs(path: Path) -> list:
@@ -262,6 +290,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("search-encrypted", search_encrypted, "print where an encrypted model's shares live")
     sub.add_argument("id", metavar="ID")
+
+    sub = command(
+        "encrypted-infer",
+        encrypted_infer,
+        "run an encrypted model on secret-shared input (its workers found through --url); print the output as JSON",
+    )
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument(
+        "--data", required=True, metavar="FILE|JSON", help="a torch.save file of one tensor, or an inline JSON array"
+    )
     return parser
 
 

@@ -88,6 +88,15 @@ def test_it_runs_inference_on_inline_json(run, served):
         assert torch.allclose(torch.tensor(json.loads(out)), small_mlp()(torch.tensor(X)), atol=1e-6)
 
 
+def test_inline_json_longer_than_a_file_name_may_be_is_still_data(run, served):
+    rows = [[0.123456789, -1.0, 2.0, 0.25]] * 100  # about 3,000 characters: no file system takes that as a name
+
+    code, out, err = run("infer", "mlp", "--data", json.dumps(rows))
+
+    assert code == 0, err
+    assert len(json.loads(out)) == 100
+
+
 def test_it_runs_inference_on_a_tensor_file(run, tmp_path):
     (tmp_path / "two.pt").write_bytes(jit_bytes(TwoInputs()))
     run("serve-model", str(tmp_path / "two.pt"), "--id", "two", "--allow-inference")

@@ -1,6 +1,7 @@
 """Encrypted inference end to end: three live nodes (two workers, a crypto provider), each a gunicorn
 server with its own database and folder, driven only over HTTP through gridclient."""
 
+import json
 import os
 import secrets
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gridclient import GridNodeClient
+from gridclient import GridNodeClient, cli
 from gridclient.encrypted import EncryptedInferenceFailed, host_encrypted_model, run_encrypted_inference
 from gridclient.errors import GENERIC, InvalidRequest, ServerError, Unauthorized
 from smpc_protocol import ring, wire
@@ -197,6 +198,25 @@ def test_node_to_node_calls_need_the_shared_secret(cluster):
         with pytest.raises(Unauthorized) as refused:
             node._transport.message(path, message, kinds=GENERIC)
         assert refused.value.status == 401
+
+
+def test_the_command_line_runs_an_encrypted_model_and_prints_its_output(cluster, capsys):
+    model = mlp()
+    model_id = host(cluster, model, (784,))
+    inputs = torch.rand(1, 784)
+
+    code = cli.main(["--url", cluster.urls[0], "encrypted-infer", model_id, "--data", json.dumps(inputs.tolist())])
+
+    assert code == 0
+    printed = torch.tensor(json.loads(capsys.readouterr().out), dtype=torch.float64)
+    assert (printed - model(inputs).double()).abs().max() < 1e-3
+
+
+def test_the_command_line_refuses_data_that_is_not_numbers_before_sending_anything(cluster, capsys):
+    code = cli.main(["--url", cluster.urls[0], "encrypted-infer", "any", "--data", "[[1, 2], [3]]"])
+
+    assert code == cli.USAGE
+    assert "JSON array of numbers" in capsys.readouterr().err
 
 
 def test_a_peer_that_never_joins_the_session_is_a_504_within_the_timeout(cluster):
