@@ -49,6 +49,19 @@ def node_connection(url: str, timeout: float) -> tuple[http.client.HTTPConnectio
     return connection_class(parts.hostname, parts.port, timeout=timeout), parts.path.rstrip("/")
 
 
+def _acknowledge_at_once(connection: http.client.HTTPConnection) -> None:
+    """Ask Linux to acknowledge the answer's first segment at once rather than up to 40 ms later.
+
+    A server that writes its status and headers, then its body, in two sends with Nagle's algorithm on
+    (Django's runserver does) holds the body back until the headers are acknowledged: measured, every
+    round of an inference between runserver nodes took 45 ms instead of 2.
+    """
+    quick_ack = getattr(socket, "TCP_QUICKACK", None)
+    if quick_ack is not None and connection.sock is not None:
+        with contextlib.suppress(OSError):
+            connection.sock.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
+
+
 def post_signed(
     connection: http.client.HTTPConnection, path: str, body: bytes, *, who: str, what: str, timeout: float
 ) -> bytes:
@@ -56,6 +69,7 @@ def post_signed(
     headers = {"Content-Type": "application/octet-stream", **signed_headers("POST", path, body)}
     try:
         connection.request("POST", quote(path), body=body, headers=headers)
+        _acknowledge_at_once(connection)
         response = connection.getresponse()
         reply = response.read()
     except TimeoutError:
