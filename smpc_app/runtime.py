@@ -90,6 +90,7 @@ def worker_evaluate(*, model_id: str, body: bytes) -> bytes:
 
 
 def _evaluate(*, model_id: str, body: bytes) -> bytes:
+    """`worker_evaluate` within its slot: party i holds the share uploaded for workers[i]; party 0 drives."""
     tensors, meta = _unpack(body, "request body")
     session_id = _session_id(meta)
     if set(tensors) != {"x"}:
