@@ -30,6 +30,9 @@ from smpc_app.nodeauth import signed_headers
 from smpc_protocol import wire
 
 EXCHANGE_PATH = "/smpc/exchange"
+# Party 0 waits this much longer for an answer than party 1's node waits for its side of a session, so
+# that party 1's own, more precise, error ("no evaluation of this session here") reaches it first.
+ANSWER_MARGIN_SECONDS = 2
 _FRAME_LENGTH = struct.Struct(">Q")
 _CONNECT_RETRY_SECONDS = 0.002
 
@@ -102,7 +105,7 @@ class PeerChannel:
     """Party 0's side: one signed POST per round to party 1's node, whose answer is party 1's message."""
 
     def __init__(self, *, peer_url: str, model_id: str, session_id: str, traffic: Traffic) -> None:
-        self.timeout = settings.GRIDNODE_SMPC_TIMEOUT
+        self.timeout = settings.GRIDNODE_SMPC_TIMEOUT + ANSWER_MARGIN_SECONDS
         self.connection, prefix = node_connection(peer_url, self.timeout)
         self.path = prefix + EXCHANGE_PATH
         self.who = f"The peer worker at {peer_url}"

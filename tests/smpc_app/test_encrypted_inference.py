@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -90,6 +91,18 @@ def test_it_answers_the_mlp_like_plaintext_without_any_node_holding_weights_or_i
         ("worker", 1),
         ("crypto_provider", None),
     ]
+
+
+def test_concurrent_inferences_each_get_their_own_answer(cluster):
+    model = mlp()
+    model_id = host(cluster, model, (784,))
+    inputs = [torch.rand(1, 784) for _ in range(8)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: run_encrypted_inference(model_id, x, workers=cluster.urls[:2]), inputs))
+
+    for x, result in zip(inputs, results, strict=True):
+        assert (result.output - model(x).double()).abs().max() < 1e-3
 
 
 def test_it_runs_a_small_cnn_within_a_hundredth_of_plaintext(cluster):
