@@ -13,9 +13,7 @@ checks, and they must be exactly the tensors the model's spec needs for the part
 import contextlib
 import io
 import math
-import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from gridnode.auth import authenticated_or_none
+from gridnode.cache import ArchiveCache
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.http import OBJECT_ID_RE
 from gridnode.uploads import StagedFile, stage_to_disk
@@ -49,59 +48,10 @@ PART_OVERHEAD_BYTES = 1024 * 1024
 _PART_OF = {ModelShare.Role.WORKER: "a worker's", ModelShare.Role.CRYPTO_PROVIDER: "the crypto provider's"}
 
 Part = dict[str, torch.Tensor]
-CacheKey = tuple[str, str]
 
 
-class PartCache:
-    """Least-recently-used loaded parts (with their specs) of this process, at most `capacity` of them.
-
-    Keyed by (model_id, archive name): every stored part gets a fresh uuid file name, so a share that was
-    deleted and uploaded again, by this process or another, has a new key and is never served stale.
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._entries: OrderedDict[CacheKey, tuple[ModelSpec, Part]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: CacheKey) -> tuple[ModelSpec, Part] | None:
-        """The entry under `key`, now the most recently used; None when absent."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key: CacheKey, entry: tuple[ModelSpec, Part]) -> None:
-        """Keep an entry, dropping older parts of the same model and then the least recently used."""
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            # An older file of the same model can never be asked for again.
-            for stale in [other for other in self._entries if other[0] == key[0] and other != key]:
-                del self._entries[stale]
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-
-    def discard_archive(self, name: str) -> None:
-        """Drop the entry loaded from the stored file `name` (its share was deleted)."""
-        with self._lock:
-            for key in [key for key in self._entries if key[1] == name]:
-                del self._entries[key]
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._entries.clear()
-
-    def __contains__(self, key: CacheKey) -> bool:
-        return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-part_cache = PartCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
+# Loaded parts with their specs, keyed by (model_id, archive name): see `gridnode.cache`.
+part_cache: ArchiveCache[tuple[ModelSpec, Part]] = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
 
 
 @dataclass

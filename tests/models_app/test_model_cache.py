@@ -7,8 +7,9 @@ import torch
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from gridnode.cache import ArchiveCache
 from models_app import services
-from models_app.cache import ModelCache, model_cache
+from models_app.cache import model_cache
 from models_app.models import HostedModel
 from tests.conftest import jit_bytes
 
@@ -102,7 +103,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(monkeypatch, se
 
 
 def test_cache_keeps_one_archive_per_model():
-    cache = ModelCache(capacity=4)
+    cache = ArchiveCache(capacity=4)
     cache.put(("m", "old.pt"), object())
     cache.put(("m", "new.pt"), object())
 
