@@ -14,6 +14,7 @@ Per layer (N inputs; every value below is this party's share unless it is "opene
 After each product, shares are truncated locally (`ring.truncate`).
 """
 
+import hashlib
 from typing import Protocol
 
 import torch
@@ -45,8 +46,6 @@ def count_rounds(spec: ModelSpec) -> int:
 
 def agreement_words(text: str) -> torch.Tensor:
     """Something both parties must hold the same of (model digest, batch, randomness id) as int64 words."""
-    import hashlib
-
     return torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()), dtype=torch.int64).clone()
 
 

@@ -8,6 +8,8 @@ import hashlib
 
 import torch
 
+from smpc_protocol.ring import ring_from_bytes
+
 
 class KeyStream:
     """Independent pseudo-random tensors from one secret seed, one per distinct label."""
@@ -19,15 +21,10 @@ class KeyStream:
 
     def ring(self, label: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform int64 ring elements of `shape`, fixed by the seed and the label."""
-        count = 1
-        for size in shape:
-            count *= int(size)
-        if count == 0:
-            return torch.zeros(shape, dtype=torch.int64)
         # The length prefix keeps one label from being a prefix of another.
         label_bytes = label.encode()
         material = hashlib.shake_256(len(label_bytes).to_bytes(4, "big") + label_bytes + self._seed)
-        return torch.frombuffer(bytearray(material.digest(8 * count)), dtype=torch.int64).reshape(shape)
+        return ring_from_bytes(shape, material.digest)
 
     def bits(self, label: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 values (as int64) of `shape`, fixed by the seed and the label."""

@@ -5,7 +5,9 @@ which is exactly the ring arithmetic the shares need; a product of two fixed-poi
 fractional bits and is brought back to 16 by `truncate`.
 """
 
+import math
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -30,14 +32,17 @@ def decode(values: torch.Tensor, fraction_bits: int = FRACTION_BITS) -> torch.Te
     return values.to(torch.float64) / float(2**fraction_bits)
 
 
-def random_ring(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """Uniform ring elements from the operating system's cryptographically secure generator."""
-    count = 1
-    for size in shape:
-        count *= int(size)
+def ring_from_bytes(shape: tuple[int, ...] | torch.Size, draw: Callable[[int], bytes]) -> torch.Tensor:
+    """Ring elements of `shape` read from `draw(n)`, a source of n uniform random bytes."""
+    count = math.prod(int(size) for size in shape)
     if count == 0:
         return torch.zeros(shape, dtype=_INT64)
-    return torch.frombuffer(bytearray(os.urandom(8 * count)), dtype=_INT64).reshape(shape)
+    return torch.frombuffer(bytearray(draw(8 * count)), dtype=_INT64).reshape(shape)
+
+
+def random_ring(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Uniform ring elements from the operating system's cryptographically secure generator."""
+    return ring_from_bytes(shape, os.urandom)
 
 
 def share(secret: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ shapes must chain.
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -50,13 +51,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         shapes = [self.input_shape]
-        if _product(self.input_shape) > MAX_ACTIVATIONS_PER_INPUT:
+        if math.prod(self.input_shape) > MAX_ACTIVATIONS_PER_INPUT:
             raise SpecError(f"the input has more than {MAX_ACTIVATIONS_PER_INPUT} values")
         weights = 0
         for index, layer in enumerate(self.layers):
             shapes.append(_output_shape(layer, shapes[-1], index))
             weights += weight_count(layer)
-            if _product(shapes[-1]) > MAX_ACTIVATIONS_PER_INPUT:
+            if math.prod(shapes[-1]) > MAX_ACTIVATIONS_PER_INPUT:
                 raise SpecError(f"layer {index} makes more than {MAX_ACTIVATIONS_PER_INPUT} activations per input")
         if weights > MAX_WEIGHTS:
             raise SpecError(f"the model has more than {MAX_WEIGHTS} weights")
@@ -127,13 +128,6 @@ def weight_count(layer: Layer) -> int:
         out_channels = settings["out_channels"]
         return settings["in_channels"] * kernel * out_channels + out_channels * settings["bias"]
     return 0
-
-
-def _product(shape) -> int:
-    result = 1
-    for size in shape:
-        result *= size
-    return result
 
 
 def _positive_int(value, name: str, maximum: int, minimum: int = 1) -> int:
@@ -264,5 +258,5 @@ def _output_shape(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[int
             raise SpecError(f"layer {index} ({layer.kind}): the kernel is larger than its {height}x{width} input")
         return (settings["out_channels"] if layer.kind == CONV2D else channels, out_h, out_w)
     if layer.kind == FLATTEN:
-        return (_product(shape),)
+        return (math.prod(shape),)
     return shape
