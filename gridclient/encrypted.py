@@ -142,7 +142,8 @@ def _reconstruct(replies: dict[int, bytes], *, session_id: str, workers: list[st
             raise ServerError(200, f"Worker {workers[party]} answered for another session or party.")
         shares.append(tensors["y"])
         rounds.add(meta.get("rounds"))
-        traffic.append(int(meta.get("bytes_sent", 0)) + int(meta.get("bytes_received", 0)))
+        # The worker's counts leave out its answer to us.
+        traffic.append(int(meta.get("bytes_sent", 0)) + int(meta.get("bytes_received", 0)) + len(replies[party]))
     if shares[0].shape != shares[1].shape or len(rounds) != 1:
         raise ServerError(200, "The workers' answers do not match: the session is abandoned.")
     output = ring.decode(ring.reconstruct(shares[0], shares[1]))

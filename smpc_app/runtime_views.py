@@ -52,7 +52,8 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
             "The body is a packed SMPC message holding `x` (this worker's share of the input, int64, "
             "[batch, *input_shape]) with meta `session` (32 hex characters, fresh per inference) and optionally "
             "`party`. The answer holds `y`, this worker's share of the output, with meta `rounds`, `bytes_sent` "
-            "and `bytes_received`. `gridclient` does all of this (README: Encrypted inference)."
+            "and `bytes_received` (this answer not counted). `gridclient` does all of this "
+            "(README: Encrypted inference)."
         ),
         tags=["encrypted models"],
         parameters=[_MODEL_ID],
