@@ -248,7 +248,7 @@ def deliver(*, session_id: str, message: bytes) -> bytes:
         except OSError:
             raise BadGateway(f"This node's evaluation of session {session_id} stopped.") from None
     with contextlib.suppress(wire.WireError):
-        _tensors, meta = wire.unpack(reply)
+        meta = wire.unpack_meta(reply)  # party 0 reads the tensors
         if isinstance(meta.get("error"), str):
             raise Conflict(f"This node refused the message: {meta['error']}.")
     return reply

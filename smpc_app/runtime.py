@@ -231,6 +231,12 @@ def _session_claim(*, session_id: str, model_id: str, batch: int, party: int) ->
 
 
 def message_session_id(body: bytes) -> str:
-    """The session a packed message belongs to; a 400 when it names none."""
-    _tensors, meta = _unpack(body, "request body")
+    """The session a packed message belongs to, from its header alone; a 400 when it names none.
+
+    The tensors are read once, by the evaluation the message is for.
+    """
+    try:
+        meta = wire.unpack_meta(body)
+    except wire.WireError as error:
+        raise BadRequest(f"The request body is not an SMPC message: {error}.") from None
     return _session_id(meta)

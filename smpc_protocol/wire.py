@@ -34,9 +34,8 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict | None = None) -> bytes:
     return b"".join([MAGIC, _HEADER_LENGTH.pack(len(header)), header, *chunks])
 
 
-def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and meta object of a message; WireError for anything malformed."""
-    view = memoryview(raw)
+def _header(view: memoryview) -> tuple[list, dict, int]:
+    """A message's tensor entries (unchecked), its meta object and the header's length in bytes."""
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
         raise WireError("not an SMPC message (bad magic)")
     (header_length,) = _HEADER_LENGTH.unpack(view[4:8])
@@ -52,7 +51,18 @@ def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise WireError("the message meta is not an object")
-    entries = header["tensors"]
+    return header["tensors"], meta, header_length
+
+
+def unpack_meta(raw: bytes) -> dict:
+    """Only a message's meta object, read from its header (to route it); WireError for a bad header."""
+    return _header(memoryview(raw))[1]
+
+
+def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and meta object of a message; WireError for anything malformed."""
+    view = memoryview(raw)
+    entries, meta, header_length = _header(view)
     if len(entries) > MAX_TENSORS:
         raise WireError("the message holds too many tensors")
     offset = 8 + header_length

@@ -130,3 +130,14 @@ def test_a_corrupted_header_is_refused_or_read_never_crashes():
                 continue
             assert all(tensor.dtype == torch.int64 for tensor in tensors.values())
             assert isinstance(meta, dict)
+
+
+def test_unpack_meta_reads_the_header_only():
+    raw = wire.pack({"x": torch.arange(6).reshape(2, 3)}, {"session": "s", "round": 4})
+
+    assert wire.unpack_meta(raw) == {"session": "s", "round": 4}
+    assert wire.unpack_meta(raw) == wire.unpack(raw)[1]
+    with pytest.raises(wire.WireError):
+        wire.unpack_meta(b"GNS1\x00\x00\x00\x05{oops")
+    with pytest.raises(wire.WireError):
+        wire.unpack_meta(b"nope")
