@@ -1,6 +1,7 @@
 """`GridNodeClient`: every endpoint of a grid node as a Python method taking and giving torch objects."""
 
 import io
+import json
 import os
 import tempfile
 import zipfile
@@ -268,8 +269,6 @@ class GridNodeClient:
         allow_download: bool = False,
     ) -> dict:
         """Store this node's part of a registered encrypted model (`gridclient.encrypted` makes the parts)."""
-        import json
-
         import torch
 
         fields = [
