@@ -195,9 +195,13 @@ def share_available(*, registration: EncryptedModel) -> None:
 
 
 def _full_clean(share: ModelShare) -> None:
-    """The model's field rules as a 400 naming the field."""
+    """The model's field rules as a 400 naming the field.
+
+    Not the registration's existence: full_clean would query it, and a registration deleted just after
+    that query is the database's to settle (the insert fails, and `share_save` answers 404).
+    """
     try:
-        share.full_clean(validate_unique=False, validate_constraints=False)
+        share.full_clean(exclude=["registration"], validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         field, messages = next(iter(exc.message_dict.items()))
         raise BadRequest(f"'{field}': {messages[0]}") from None
