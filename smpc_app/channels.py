@@ -10,6 +10,10 @@ accepts connections from processes of the same user only. A node's processes mus
 
 Every message carries the session id and its round number; one that does not follow the session's
 order stops it with an error, never a wrong answer.
+
+Each wait (a connect, a request, an answer, a round's message) lasts at most GRIDNODE_SMPC_TIMEOUT, and
+never past the evaluation's `Deadline` (GRIDNODE_INFERENCE_TIMEOUT after the client's request arrived):
+otherwise a peer answering every round just in time would hold a worker's thread for minutes.
 """
 
 import contextlib
@@ -31,10 +35,46 @@ from smpc_protocol import wire
 
 EXCHANGE_PATH = "/smpc/exchange"
 # Party 0 waits this much longer for an answer than party 1's node waits for its side of a session, so
-# that party 1's own, more precise, error ("no evaluation of this session here") reaches it first.
+# that party 1's own, more precise, error ("no evaluation of this session here") reaches it first. Near
+# the deadline, which both parties count from their own request's arrival, the margin gives way: once
+# the time is up each party answers its client the deadline's 504, the most precise error there is then.
 ANSWER_MARGIN_SECONDS = 2
 _FRAME_LENGTH = struct.Struct(">Q")
 _CONNECT_RETRY_SECONDS = 0.002
+
+
+class Deadline:
+    """When one evaluation must be over: GRIDNODE_INFERENCE_TIMEOUT seconds after its request arrived (now).
+
+    The evaluation is the node's own code, whose compute the spec's sizes bound, so a cooperative stop is
+    enough: each wait is cut to the time left, and none starts once the time is up.
+    """
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = settings.GRIDNODE_INFERENCE_TIMEOUT if seconds is None else seconds
+        self.at = time.monotonic() + self.seconds
+
+    def passed(self) -> bool:
+        """Whether the time is up."""
+        return time.monotonic() >= self.at
+
+    def cap(self, timeout: float) -> float:
+        """`timeout`, or the time left when that is shorter; the deadline's 504 when no time is left."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.exceeded()
+        return min(timeout, left)
+
+    def exceeded(self) -> GatewayTimeout:
+        """The 504 naming the limit."""
+        return GatewayTimeout(
+            f"The encrypted inference did not finish within this node's limit of {self.seconds:g} seconds "
+            "(GRIDNODE_INFERENCE_TIMEOUT)."
+        )
+
+    def timed_out(self, message: str) -> GatewayTimeout:
+        """The 504 for a wait that ran out: the deadline's when it was cut by it, else the wait's own `message`."""
+        return self.exceeded() if self.passed() else GatewayTimeout(message)
 
 
 class Traffic:
@@ -65,19 +105,39 @@ def _acknowledge_at_once(connection: http.client.HTTPConnection) -> None:
             connection.sock.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
 
 
+def _wait_at_most(connection: http.client.HTTPConnection, seconds: float) -> None:
+    """Bound the connection's next socket operations (the connect too, when it has no socket yet)."""
+    connection.timeout = seconds
+    if connection.sock is not None:
+        connection.sock.settimeout(seconds)
+
+
 def post_signed(
-    connection: http.client.HTTPConnection, path: str, body: bytes, *, who: str, what: str, timeout: float
+    connection: http.client.HTTPConnection,
+    path: str,
+    body: bytes,
+    *,
+    who: str,
+    what: str,
+    timeout: float,
+    deadline: Deadline,
 ) -> bytes:
-    """POST a signed SMPC message and answer the reply's bytes; a 502/504 naming `who` when it fails."""
+    """POST a signed SMPC message and answer the reply's bytes; a 502/504 naming `who` when it fails.
+
+    Sending, waiting for the answer and reading it each take at most `timeout`, cut to the deadline.
+    """
     headers = {"Content-Type": "application/octet-stream", **signed_headers("POST", path, body)}
     try:
+        _wait_at_most(connection, deadline.cap(timeout))
         connection.request("POST", quote(path), body=body, headers=headers)
         _acknowledge_at_once(connection)
+        _wait_at_most(connection, deadline.cap(timeout))
         response = connection.getresponse()
+        _wait_at_most(connection, deadline.cap(timeout))
         reply = response.read()
     except TimeoutError:
         connection.close()
-        raise GatewayTimeout(f"{who} did not answer {what} within {timeout:g} s.") from None
+        raise deadline.timed_out(f"{who} did not answer {what} within {timeout:g} s.") from None
     except (OSError, http.client.HTTPException) as error:
         connection.close()
         reason = getattr(error, "strerror", None) or type(error).__name__
@@ -104,8 +164,9 @@ def _check_reply_meta(meta: dict, *, session_id: str, round_number: int, who: st
 class PeerChannel:
     """Party 0's side: one signed POST per round to party 1's node, whose answer is party 1's message."""
 
-    def __init__(self, *, peer_url: str, model_id: str, session_id: str, traffic: Traffic) -> None:
+    def __init__(self, *, peer_url: str, model_id: str, session_id: str, traffic: Traffic, deadline: Deadline) -> None:
         self.timeout = settings.GRIDNODE_SMPC_TIMEOUT + ANSWER_MARGIN_SECONDS
+        self.deadline = deadline
         self.connection, prefix = node_connection(peer_url, self.timeout)
         self.path = prefix + EXCHANGE_PATH
         self.who = f"The peer worker at {peer_url}"
@@ -117,7 +178,9 @@ class PeerChannel:
         meta = {"session": self.session_id, "model_id": self.model_id, "round": self.round}
         body = wire.pack(payload, meta)
         what = f"round {self.round} of session {self.session_id}"
-        reply = post_signed(self.connection, self.path, body, who=self.who, what=what, timeout=self.timeout)
+        reply = post_signed(
+            self.connection, self.path, body, who=self.who, what=what, timeout=self.timeout, deadline=self.deadline
+        )
         self.traffic.sent += len(body)
         self.traffic.received += len(reply)
         try:
@@ -171,8 +234,9 @@ def _same_user(connection: socket.socket) -> bool:
 class SessionMailbox:
     """Party 1's side: waits for party 0's message of each round and hands back its own, via `deliver`."""
 
-    def __init__(self, *, session_id: str, traffic: Traffic) -> None:
+    def __init__(self, *, session_id: str, traffic: Traffic, deadline: Deadline | None = None) -> None:
         self.timeout = settings.GRIDNODE_SMPC_TIMEOUT
+        self.deadline = deadline if deadline is not None else Deadline()
         self.session_id, self.traffic = session_id, traffic
         self.round = 0
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -185,22 +249,28 @@ class SessionMailbox:
 
     def exchange(self, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Take party 0's message for this round, answer with ours."""
-        deadline = time.monotonic() + self.timeout
+        round_ends = time.monotonic() + self.timeout
         what = f"round {self.round} of session {self.session_id}"
+        silent = f"The peer worker sent nothing for {what} within {self.timeout:g} s."
         while True:
-            self.socket.settimeout(max(0.0, deadline - time.monotonic()))
+            wait = self.deadline.cap(round_ends - time.monotonic())
+            if wait <= 0:
+                raise GatewayTimeout(silent)
+            self.socket.settimeout(wait)
             try:
                 connection, _ = self.socket.accept()
             except TimeoutError:
-                raise GatewayTimeout(f"The peer worker sent nothing for {what} within {self.timeout:g} s.") from None
+                raise self.deadline.timed_out(silent) from None
             with connection:
                 if not _same_user(connection):
                     continue  # someone else on this host; the peer's message comes through our own processes
-                connection.settimeout(self.timeout)
+                connection.settimeout(self.deadline.cap(self.timeout))
                 try:
                     message = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
                     tensors, meta = wire.unpack(message)
                 except (OSError, wire.WireError) as error:
+                    if isinstance(error, TimeoutError) and self.deadline.passed():
+                        raise self.deadline.exceeded() from None
                     raise BadGateway(f"The peer worker's message for {what} was broken: {error}") from None
                 if meta.get("session") != self.session_id or meta.get("round") != self.round:
                     _send_frame(connection, wire.pack({}, {"error": f"this node expected {what}"}))

@@ -3,7 +3,8 @@
 A client sends each worker one share of its input (`worker_evaluate`). Each worker asks the model's
 crypto provider for its half of the session's correlated randomness (`provider_deal`, signed), then the
 two workers run the rounds of `smpc_protocol.engine` against each other (`smpc_app.channels`) and each
-answers its share of the output. Only the client, adding the two, sees the result.
+answers its share of the output. Only the client, adding the two, sees the result. All of it, rounds
+included, ends within GRIDNODE_INFERENCE_TIMEOUT of the request's arrival (`channels.Deadline`), or 504.
 
 The provider derives a session's randomness from a seed it never sends: an HMAC, under a key made from
 this node's SECRET_KEY, of a nonce it draws when the session is first asked for. A session row records
@@ -26,7 +27,7 @@ from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from gridnode.errors import BadGateway, BadRequest, Conflict, ServiceUnavailable
-from smpc_app.channels import PeerChannel, SessionMailbox, Traffic, node_connection, post_signed
+from smpc_app.channels import Deadline, PeerChannel, SessionMailbox, Traffic, node_connection, post_signed
 from smpc_app.models import RandomnessSession
 from smpc_app.shares import share_load
 from smpc_protocol import engine, randomness, wire
@@ -85,11 +86,12 @@ def _session_slot():
 
 def worker_evaluate(*, model_id: str, body: bytes) -> bytes:
     """This worker's share of the model's output for the client's share of its input (a packed message)."""
+    deadline = Deadline()
     with _session_slot():
-        return _evaluate(model_id=model_id, body=body)
+        return _evaluate(model_id=model_id, body=body, deadline=deadline)
 
 
-def _evaluate(*, model_id: str, body: bytes) -> bytes:
+def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
     """`worker_evaluate` within its slot: party i holds the share uploaded for workers[i]; party 0 drives."""
     tensors, meta = _unpack(body, "request body")
     session_id = _session_id(meta)
@@ -111,7 +113,7 @@ def _evaluate(*, model_id: str, body: bytes) -> bytes:
     traffic = Traffic()
     traffic.received += len(body)
     # Party 1 listens before anything else, so party 0's first message finds it as early as possible.
-    channel = SessionMailbox(session_id=session_id, traffic=traffic) if share.party == 1 else None
+    channel = SessionMailbox(session_id=session_id, traffic=traffic, deadline=deadline) if share.party == 1 else None
     try:
         bundle, bundle_id = _fetch_randomness(
             provider_url=provider_url,
@@ -122,9 +124,12 @@ def _evaluate(*, model_id: str, body: bytes) -> bytes:
             spec=spec,
             spec_digest=share.spec_digest,
             traffic=traffic,
+            deadline=deadline,
         )
         if channel is None:
-            channel = PeerChannel(peer_url=workers[1], model_id=model_id, session_id=session_id, traffic=traffic)
+            channel = PeerChannel(
+                peer_url=workers[1], model_id=model_id, session_id=session_id, traffic=traffic, deadline=deadline
+            )
         evaluation = engine.Evaluation(
             spec=spec,
             part=part,
@@ -145,7 +150,7 @@ def _evaluate(*, model_id: str, body: bytes) -> bytes:
     return wire.pack({"y": output}, {**meta, "bytes_sent": traffic.sent, "bytes_received": traffic.received})
 
 
-def _fetch_randomness(*, provider_url, model_id, session_id, party, batch, spec, spec_digest, traffic):
+def _fetch_randomness(*, provider_url, model_id, session_id, party, batch, spec, spec_digest, traffic, deadline):
     """This worker's half of the session's randomness from the crypto provider, checked against the spec."""
     timeout = settings.GRIDNODE_SMPC_TIMEOUT
     connection, prefix = node_connection(provider_url, timeout)
@@ -159,6 +164,7 @@ def _fetch_randomness(*, provider_url, model_id, session_id, party, batch, spec,
             who=who,
             what=f"the randomness of session {session_id}",
             timeout=timeout,
+            deadline=deadline,
         )
     finally:
         connection.close()
