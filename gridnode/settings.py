@@ -148,6 +148,17 @@ GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 
+# Bounds on running a stranger's model (README "Running models safely"). Every inference runs in one of
+# the node's inference processes (models_app/executor.py), which is killed and replaced when it runs past
+# the deadline; its memory may grow by at most GRIDNODE_INFERENCE_MEMORY_BYTES while it runs, and the
+# tensors it answers may hold at most GRIDNODE_MAX_ANSWER_BYTES.
+GRIDNODE_INFERENCE_TIMEOUT = env_int("GRIDNODE_INFERENCE_TIMEOUT", 30, minimum=1)
+GRIDNODE_INFERENCE_MEMORY_BYTES = env_int("GRIDNODE_INFERENCE_MEMORY_BYTES", 2 * 1024**3, minimum=16 * 1024**2)
+GRIDNODE_MAX_ANSWER_BYTES = env_int("GRIDNODE_MAX_ANSWER_BYTES", 64 * 1024**2, minimum=1024)
+# Inference processes per node (0: two more than the cores, so that two stuck models still leave every
+# core a process for everyone else).
+GRIDNODE_INFERENCE_PROCESSES = env_int("GRIDNODE_INFERENCE_PROCESSES", 0)
+
 # Encrypted inference (smpc_app, README "Encrypted inference"). Nodes that run one model together sign
 # their requests to each other with this shared secret; without it this node takes no part in SMPC.
 GRIDNODE_SMPC_SECRET = env_str("GRIDNODE_SMPC_SECRET", "")
