@@ -37,3 +37,25 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def on_starting(server):
+    """Start the node's inference processes once, before the workers, for all of them (README: Running models safely).
+
+    The workers find the pool through the environment they inherit; the pool stops when the master does.
+    """
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
+    from models_app.executor import ADDRESS_VARIABLE, start_pool, wait_for_pool
+
+    address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
+    server.inference_pool = start_pool(address)
+    wait_for_pool(address, server.inference_pool)
+    os.environ[ADDRESS_VARIABLE] = address
+
+
+def on_exit(server):
+    """Stop the inference processes with the master."""
+    pool = getattr(server, "inference_pool", None)
+    if pool is not None:
+        pool.terminate()
+        pool.wait(timeout=10)

@@ -72,10 +72,10 @@ _CACHE_SIZE_HELP = "Models loaded in memory (summed over live workers in multipr
 
 
 def _model_cache():
-    # Imported on first use: models_app loads torch, and this module is imported while logging is set up.
-    from models_app.cache import model_cache
+    # Imported on first use: this module is imported while logging is set up, before the apps.
+    from models_app.executor import pool_cache
 
-    return model_cache
+    return pool_cache
 
 
 class ModelCacheCollector:

@@ -79,10 +79,24 @@ class LoadedModel:
             with torch.inference_mode(), torch.jit.optimized_execution(False):
                 output = self.module(*inputs)
         except Exception as exc:  # a model raises whatever its code raises on data that does not fit it
+            if isinstance(exc, RuntimeError) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXT):
+                raise MemoryError(_last_line(exc)) from None  # the memory cap, not the caller's data
             raise BadRequest(f"The data does not fit the model: {_last_line(exc)}") from None
         if isinstance(output, list | tuple):
             return list(output) if all_outputs else output[0]
         return [output] if all_outputs else output
+
+
+# What torch's allocator says when an allocation fails (under the inference memory cap, RLIMIT_DATA).
+OUT_OF_MEMORY_TEXT = ("can't allocate memory", "not enough memory", "std::bad_alloc", "Cannot allocate memory")
+
+
+def seekable(stored) -> IO[bytes]:
+    """The plain file object behind a storage file; torch's loaders only take real buffers."""
+    inner = getattr(stored, "file", None)
+    if isinstance(inner, io.IOBase) and inner.seekable():
+        return inner
+    return io.BytesIO(stored.read())
 
 
 def _last_line(exc: Exception) -> str:

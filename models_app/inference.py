@@ -1,11 +1,20 @@
 """One inference request, from its parsed body to the answer the contract gives, shared by the DRF
-view (`POST /model/<id>`) and the WSGI fast path in front of it (models_app/fastpath.py)."""
+view (`POST /model/<id>`) and the WSGI fast path in front of it (models_app/fastpath.py).
+
+The web side (`answer`) checks the model id and its permission, then hands the request's data to an
+inference process (models_app/executor.py); the inference side (`predict`, and `v2.infer_answer` for the
+Open Inference Protocol) parses it, runs the model and renders the prediction there, under that
+process's deadline and memory cap.
+"""
 
 import json
 from collections.abc import Callable
 
+import orjson
 import torch
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.utils.encoders import JSONEncoder
 
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
@@ -20,29 +29,117 @@ from gridnode.http import (
     parse_encoding,
 )
 from gridnode.tensors import dump_tensors, load_tensors, tensor_from_json, tensor_to_json
-from models_app import services
+from models_app import executor, services
 from models_app.archives import LoadedModel
 
+ANSWER_TOO_LARGE_STATUS = 422
 
-def answer(*, model_id: str, body: Callable[[], object]) -> dict:
+
+# The WSGI environ key under which the fast path hands Django the outcome of a request it ran and that
+# failed, so Django answers the error without running the model again (a client cannot set such a key).
+FAST_PATH_OUTCOME = "gridnode.inference_outcome"
+
+
+def answer(*, model_id: str, body: Callable[[], tuple[dict, list[bytes]]], ran: executor.Outcome | None = None) -> dict:
     """The success body for running a model on a request's data; errors carry `success`/`status` false.
 
-    `body` parses the request lazily, so an unknown or private model is a 404/403 whatever was sent.
+    `body` gives the request's data as an inference process reads it (`json_body`, `form_body`), lazily,
+    so an unknown or private model is a 404/403 whatever was sent. The prediction comes back rendered.
+    `ran` is the outcome of this very request when it already ran (see FAST_PATH_OUTCOME).
     """
     try:
-        loaded = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-        data = body()
+        outcome = ran
+        if outcome is None:
+            model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
+            request_body, blobs = body()
+            outcome = executor.run("predict", model, request_body, blobs)
+        outcome.raise_for_error()
+    except GridError as exc:
+        exc.fields.update(success=False, status=False)
+        raise
+    return {"success": True, "status": True, "prediction": orjson.Fragment(outcome.payload)}
+
+
+def json_body(raw: bytes) -> tuple[dict, list[bytes]]:
+    """A JSON request body as it travels to an inference process (parsed there)."""
+    return {"json": 0}, [raw]
+
+
+def form_body(data) -> tuple[dict, list[bytes]]:
+    """A parsed body (JSON object, form or multipart) as it travels to an inference process.
+
+    Form fields keep the last value of each name (what `body_field` reads); file parts travel as bytes.
+    """
+    try:
+        if not hasattr(data, "get") or not hasattr(data, "keys"):
+            return {"value": 0}, [json.dumps(data).encode()]
+        fields, files, blobs = {}, {}, [b""]
+        for name in data:
+            value = data.get(name)
+            if is_upload(value):
+                files[name] = len(blobs)
+                blobs.append(value.read())
+            else:
+                fields[name] = value
+        blobs[0] = json.dumps(fields).encode()
+    except RecursionError:  # within the parser's depth, past the encoder's
+        raise BadRequest("'data' is nested too deeply.") from None
+    return {"fields": 0, "files": files}, blobs
+
+
+def _request_data(body: dict, blobs: list[bytes]):
+    """The inference side: the request's data as the view parsed it (see `json_body`, `form_body`)."""
+    if "json" in body:
+        try:
+            return orjson.loads(blobs[body["json"]])
+        except orjson.JSONDecodeError:
+            raise BadRequest("The request body could not be parsed as its Content-Type says.") from None
+    if "value" in body:
+        return json.loads(blobs[body["value"]])
+    data = json.loads(blobs[body["fields"]])
+    for name, index in (body.get("files") or {}).items():
+        data[name] = SimpleUploadedFile(name, blobs[index])
+    return data
+
+
+def predict(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
+    """The inference side of `answer`: parse the data, run the model, render the prediction (JSON bytes)."""
+    try:
+        data = _request_data(body, blobs)
         all_outputs = parse_bool(body_field(data, "all_outputs"), "all_outputs")
         inputs, encoding = inference_inputs(data, loaded)
         for position, tensor in enumerate(inputs):
             if tensor.dim() > 0:
                 batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
         output = loaded.run(inputs, all_outputs=all_outputs)
-        prediction = prediction_payload(output, encoding)
+        answer_size_check(output)
+        rendered = orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default)
+        answer_size_check(rendered)
     except GridError as exc:
         exc.fields.update(success=False, status=False)
         raise
-    return {"success": True, "status": True, "prediction": prediction}
+    return 200, "application/json", {}, rendered
+
+
+def answer_size_check(value) -> None:
+    """A 422 when an answer (tensors before rendering, or the rendered bytes) is over GRIDNODE_MAX_ANSWER_BYTES."""
+    limit = settings.GRIDNODE_MAX_ANSWER_BYTES
+    size = len(value) if isinstance(value, bytes | bytearray) else _tensor_bytes(value)
+    if size > limit:
+        raise GridError(
+            f"The model's answer would be larger than this node sends ({limit} bytes, GRIDNODE_MAX_ANSWER_BYTES).",
+            status=ANSWER_TOO_LARGE_STATUS,
+        )
+
+
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    return 0
 
 
 def batch_check(*, rows: int, what: str) -> None:
@@ -96,3 +193,14 @@ def prediction_payload(output, encoding: str):
         except TypeError:
             raise BadRequest("The model's output is not tensors, so it cannot be sent as JSON.") from None
     return encode_bytes(dump_tensors(output), encoding)
+
+
+def _v2_infer(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
+    from models_app import v2  # v2 imports this module
+
+    return v2.infer_answer(loaded, model_id, body, blobs)
+
+
+# What an inference process can be asked to do (models_app/executor_pool.py): name -> function of the
+# loaded model, its id, the request's body and blobs, answering (status, content type, headers, payload).
+OPERATIONS = {"predict": predict, "v2_infer": _v2_infer}

@@ -1,14 +1,11 @@
 """Every write and every rule about hosted models; the API views and the admin both call these."""
 
-import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 
@@ -18,6 +15,7 @@ from gridnode.uploads import StagedFile, stage_to_disk
 from models_app import archives
 from models_app.archives import LoadedModel
 from models_app.cache import model_cache
+from models_app.executor import ModelRef
 from models_app.models import HostedModel
 
 NOT_ALLOWED_TO_DOWNLOAD = "You're not allowed to download this model."
@@ -42,10 +40,10 @@ class StagedArchive:
 
 
 def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
-    """Check an uploaded archive (a multipart file or decoded bytes) and load it once.
+    """Check an uploaded archive (a multipart file or decoded bytes) by loading it once.
 
-    Small archives are loaded here and kept for the first inference; large ones are loaded in a
-    child process, so an upload never holds a large model's weights in the serving process.
+    Small archives are loaded here; large ones in a child process, so an upload never holds a large
+    model's weights in the serving process. Nothing loaded here runs: inference processes load their own.
     """
     path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
     try:
@@ -115,9 +113,6 @@ def model_serve(
     except BaseException:
         default_storage.delete(name)
         raise
-    if staged.loaded is not None:
-        # The archive was loaded to check it: keep it, so the first inference does not load it again.
-        model_cache.put((model_id, name), staged.loaded)
     return hosted
 
 
@@ -151,24 +146,17 @@ def model_for_download(*, model_id: str) -> HostedModel:
     return hosted
 
 
-def _seekable(stored: File) -> IO[bytes]:
-    """The plain file object behind a storage file; torch's loaders only take real buffers."""
-    inner = getattr(stored, "file", None)
-    if isinstance(inner, io.IOBase) and inner.seekable():
-        return inner
-    return io.BytesIO(stored.read())
-
-
 _INFERENCE_LOOKUP = (
     f"SELECT archive, kind, allow_remote_inference FROM {HostedModel._meta.db_table} WHERE model_id = %s"
 )
 
 
-def model_for_inference(*, model_id: str) -> LoadedModel:
-    """The loaded model behind an id whose owner allows remote inference, or a 404/403.
+def model_for_inference(*, model_id: str) -> ModelRef:
+    """Where to find the model behind an id whose owner allows remote inference, or a 404/403.
 
-    One indexed query per call; the loaded model comes from this process's cache when the stored
-    archive is the one it loaded before.
+    One indexed query per call. The model runs in an inference process (models_app/executor.py), which
+    keeps it loaded under `(model_id, archive name)`: a model deleted or replaced elsewhere has a new
+    name, so it is never served stale.
     """
     # The hottest query on the node, so plain SQL: building it with the ORM cost more than running it.
     with connection.cursor() as cursor:
@@ -179,12 +167,22 @@ def model_for_inference(*, model_id: str) -> LoadedModel:
     name, kind, allowed = row
     if not allowed:
         raise Forbidden(NOT_ALLOWED_TO_INFER)
-    key = (model_id, name)
+    return ModelRef(model_id=model_id, archive=name, kind=kind)
+
+
+def model_for_metadata(*, model_id: str) -> LoadedModel:
+    """The loaded model behind an id whose owner allows remote inference, for what its archive declares.
+
+    Used by the Open Inference Protocol's metadata and readiness answers, which read the model's
+    signature and never run it; loaded in this process's cache.
+    """
+    model = model_for_inference(model_id=model_id)
+    key = (model_id, model.archive)
     loaded = model_cache.get(key)
     if loaded is None:
         try:
-            with default_storage.open(name, "rb") as stored:
-                loaded = archives.load_archive(_seekable(stored), kind)
+            with default_storage.open(model.archive, "rb") as stored:
+                loaded = archives.load_archive(archives.seekable(stored), model.kind)
         except FileNotFoundError:
             # Deleted between the query and the read: as if the query had come a moment later.
             raise NotFound("Model not found.") from None

@@ -34,9 +34,9 @@ from gridnode.auth import INFERENCE, READ, requires
 from gridnode.errors import BadRequest, GridError, NotFound, PayloadTooLarge
 from gridnode.http import FastJSONRenderer, check_object_id
 from gridnode.schema import EXAMPLE_MODEL_ID, errors, id_parameter
-from models_app import services
+from models_app import executor, services
 from models_app.archives import PLAN, LoadedModel
-from models_app.inference import batch_check
+from models_app.inference import answer_size_check, batch_check
 
 SERVER_NAME = "gridnode"
 EXTENSIONS = ["binary_tensor_data"]
@@ -394,26 +394,44 @@ class OpenInferenceViewSet(viewsets.ViewSet):
     @requires(INFERENCE)
     def infer(self, request, model_id, version=None):
         """POST /v2/models/<id>/infer: run the model on v2 tensors and answer v2 tensors."""
-        loaded = _runnable_model(model_id, version)
-        body, binary = _read_request(request)
-        signature = model_signature(loaded)
-        inputs = _input_tensors(body, binary, signature, loaded)
-        outputs = loaded.run(inputs, all_outputs=True)
-        return _infer_response(model_id, body, signature, outputs)
+        model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
+        _check_version(version)
+        headers = {
+            "content_encoding": request.headers.get("Content-Encoding"),
+            "header_length": request.headers.get(HEADER_LENGTH),
+        }
+        outcome = executor.run("v2_infer", model, headers, [request.body])
+        outcome.raise_for_error()
+        response = HttpResponse(outcome.payload, content_type=outcome.content_type)
+        if HEADER_LENGTH in outcome.headers:
+            response[HEADER_LENGTH] = outcome.headers[HEADER_LENGTH]
+        return response
+
+
+def infer_answer(loaded: LoadedModel, model_id: str, headers: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
+    """In an inference process: v2 tensors in, the model run, v2 tensors out (status, type, headers, body)."""
+    body, binary = _read_request(blobs[0], headers.get("content_encoding"), headers.get("header_length"))
+    signature = model_signature(loaded)
+    inputs = _input_tensors(body, binary, signature, loaded)
+    outputs = loaded.run(inputs, all_outputs=True)
+    return _infer_answer(model_id, body, signature, outputs)
+
+
+def _check_version(version: str | None) -> None:
+    if version is not None and version != MODEL_VERSION:
+        raise NotFound(f"Model version not found: hosted models have the one version {MODEL_VERSION}.")
 
 
 def _runnable_model(model_id: str, version: str | None) -> LoadedModel:
-    """The loaded model behind an id (and version), under the inference permission."""
-    loaded = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-    if version is not None and version != MODEL_VERSION:
-        raise NotFound(f"Model version not found: hosted models have the one version {MODEL_VERSION}.")
+    """The loaded model behind an id (and version), under the inference permission, for its signature."""
+    loaded = services.model_for_metadata(model_id=check_object_id(model_id, "model_id"))
+    _check_version(version)
     return loaded
 
 
-def _read_request(request) -> tuple[dict, memoryview]:
+def _read_request(raw: bytes, content_encoding: str | None, header_length: str | None) -> tuple[dict, memoryview]:
     """The JSON part of an inference request and the binary tensor bytes after it (maybe none)."""
-    raw = _decompressed_body(request)
-    header_length = request.headers.get(HEADER_LENGTH)
+    raw = _decompressed_body(raw, content_encoding)
     view = memoryview(raw)
     if header_length is None:
         header, binary = view, view[len(view) :]
@@ -434,10 +452,9 @@ def _read_request(request) -> tuple[dict, memoryview]:
     return body, binary
 
 
-def _decompressed_body(request) -> bytes:
+def _decompressed_body(raw: bytes, content_encoding: str | None) -> bytes:
     """The request body, inflated when tritonclient compressed it (Content-Encoding gzip or deflate)."""
-    raw = request.body
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):
         return raw
     if encoding not in ("gzip", "deflate"):
@@ -594,13 +611,15 @@ def _requested_outputs(body: dict, signature: Signature, count: int) -> list[tup
     return chosen
 
 
-def _infer_response(model_id: str, body: dict, signature: Signature, outputs: list) -> HttpResponse:
-    """The v2 inference response: JSON, followed by binary tensor data when any output asked for it."""
+def _infer_answer(model_id: str, body: dict, signature: Signature, outputs: list) -> tuple[int, str, dict, bytes]:
+    """The v2 inference answer: JSON, followed by binary tensor data when any output asked for it."""
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string.")
     entries, blobs = [], []
-    for position, name, binary in _requested_outputs(body, signature, len(outputs)):
+    chosen = _requested_outputs(body, signature, len(outputs))
+    answer_size_check([outputs[position] for position, _, _ in chosen])
+    for position, name, binary in chosen:
         tensor = outputs[position]
         if not isinstance(tensor, torch.Tensor):
             raise BadRequest(f"The model's output {name} is not a tensor, so v2 cannot carry it.")
@@ -622,7 +641,8 @@ def _infer_response(model_id: str, body: dict, signature: Signature, outputs: li
     result["outputs"] = entries
     header = orjson.dumps(result)
     if not blobs:
-        return HttpResponse(header, content_type="application/json")
-    response = HttpResponse(b"".join([header, *blobs]), content_type="application/octet-stream")
-    response[HEADER_LENGTH] = str(len(header))
-    return response
+        answer_size_check(header)
+        return 200, "application/json", {}, header
+    payload = b"".join([header, *blobs])
+    answer_size_check(payload)
+    return 200, "application/octet-stream", {HEADER_LENGTH: str(len(header))}, payload

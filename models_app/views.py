@@ -35,7 +35,11 @@ from models_app.archives import JIT, PLAN
 
 
 class ArchiveRenderer(renderers.BaseRenderer):
-    """Lets `Accept: application/octet-stream` select the raw archive download."""
+    """Lets `Accept: application/octet-stream` (or `?format=bin`) select the raw archive download.
+
+    It renders nothing but an archive: offered on any other action, DRF would pick it for those requests
+    and render a JSON answer as the concatenation of its keys (`successstatusprediction`), with a 200.
+    """
 
     media_type = "application/octet-stream"
     format = "bin"
@@ -97,16 +101,30 @@ _PREDICTION = {
 }
 _MODEL_ID = id_parameter("model_id", EXAMPLE_MODEL_ID, "The model's id")
 _NOT_SUCCESS = error_with(success=False)
-# DRF reads `?format=` on this view to pick its renderer (json or bin): any other value is a 404.
-_MODEL_OR_FORMAT = "No model with this id, or an unknown ?format= (json and bin are known)."
-_UNKNOWN_FORMAT = errors(404, e404="An unknown ?format= (json and bin are known).")
+# DRF reads `?format=` on this view to pick its renderer: json everywhere, bin only on the archive download
+# (HostedModelViewSet.get_renderers); any other value is a 404.
+_MODEL_OR_FORMAT = "No model with this id, or an unknown ?format= (only json is known)."
+_MODEL_OR_DOWNLOAD_FORMAT = "No model with this id, or an unknown ?format= (json and bin are known)."
+_UNKNOWN_FORMAT = errors(404, e404="An unknown ?format= (only json is known).")
 _NOT_SUCCESS_NOR_STATUS = error_with(success=False, status=False)
 
 
 class HostedModelViewSet(viewsets.ViewSet):
     """Serve, list, delete, download and run the models hosted on this node."""
 
+    # Both are declared so that every answer says `Vary: Accept` (DRF adds it for more than one renderer
+    # class, and the inference fast path's answer carries it too); get_renderers narrows them per action.
     renderer_classes = [FastJSONRenderer, ArchiveRenderer]
+
+    def get_renderers(self):
+        """JSON on every action; the raw archive as well only where an archive is answered (the download).
+
+        Elsewhere `?format=bin` is then DRF's 404 for an unknown format, and `Accept:
+        application/octet-stream` its 406, as for any format or type that JSON cannot satisfy.
+        """
+        if getattr(self, "action", None) == "download":
+            return super().get_renderers()
+        return [FastJSONRenderer()]
 
     @extend_schema(
         operation_id="serve_model",
@@ -242,7 +260,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             (200, "application/octet-stream"): OpenApiResponse(
                 {"type": "string", "format": "binary"}, description="The archive's exact bytes."
             ),
-            **errors(400, 401, 403, 404, e404=_MODEL_OR_FORMAT),
+            **errors(400, 401, 403, 404, e404=_MODEL_OR_DOWNLOAD_FORMAT),
         },
     )
     @requires(DOWNLOAD)
@@ -291,4 +309,6 @@ class HostedModelViewSet(viewsets.ViewSet):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""
         # A multipart part is read into memory to run the model, like a JSON body: the same bound.
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_BODY_BYTES, what="inference data")
-        return Response(inference.answer(model_id=model_id, body=lambda: request.data))
+        # A request the fast path ran and that failed comes here with its outcome: the model runs once.
+        ran = request.META.get(inference.FAST_PATH_OUTCOME)
+        return Response(inference.answer(model_id=model_id, body=lambda: inference.form_body(request.data), ran=ran))

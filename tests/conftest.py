@@ -1,12 +1,17 @@
 """Shared fixtures: storage in a temp folder, an API client, and small models built with torch."""
 
 import io
+import os
 
 import pytest
 import torch
 from rest_framework.test import APIClient
 
 from models_app.cache import model_cache
+
+# The test process's own pool of inference processes (models_app/executor.py) has one process, so that
+# which process loaded which model is not left to chance; tests of the pool itself start their own nodes.
+os.environ.setdefault("GRIDNODE_INFERENCE_PROCESSES", "1")
 
 
 @pytest.fixture(autouse=True)

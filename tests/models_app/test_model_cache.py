@@ -8,8 +8,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from gridnode.cache import ArchiveCache
-from models_app import services
-from models_app.cache import model_cache
+from models_app.executor import pool_cache
 from models_app.models import HostedModel
 from tests.conftest import jit_bytes
 
@@ -30,26 +29,15 @@ def predict(api, model_id):
     return response.status_code, response.json().get("prediction")
 
 
-def test_the_first_inference_after_upload_does_not_load_again(api, serve, mlp_jit):
-    serve("warm", mlp_jit, allow_remote_inference=True)
-    misses = model_cache.misses
+def test_an_inference_process_loads_a_model_once(api, serve):
+    serve("warm", jit_bytes(Constant(1.0)), allow_remote_inference=True)
+    misses, hits = pool_cache.misses, pool_cache.hits
 
-    predict(api, "warm")
-    predict(api, "warm")
+    for _ in range(3):
+        assert predict(api, "warm")[0] == 200
 
-    assert model_cache.misses == misses
-    assert model_cache.hits >= 2
-
-
-def test_a_cold_process_loads_once_from_storage(api, serve, mlp_plan):
-    serve("cold", mlp_plan, allow_remote_inference=True)
-    model_cache.clear()  # as a fresh worker process would start
-    misses = model_cache.misses
-
-    for _ in range(2):
-        response = api.post("/model/cold", {"data": [[0.0] * 4] * 2}, format="json")
-        assert response.status_code == 200
-    assert model_cache.misses == misses + 1
+    assert pool_cache.misses == misses + 1  # the test pool has one process (tests/conftest.py)
+    assert pool_cache.hits == hits + 2
 
 
 def test_a_model_replaced_by_another_process_is_never_served_stale(api, serve):
@@ -91,15 +79,17 @@ def test_a_permission_revoked_elsewhere_applies_at_once(api, serve):
     assert predict(api, "flip")[0] == 403
 
 
-def test_the_cache_is_bounded_and_evicts_the_least_recently_used(monkeypatch, serve):
-    monkeypatch.setattr(model_cache, "capacity", 2)
-    evictions = model_cache.evictions
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used(api, serve, settings):
+    settings.GRIDNODE_MODEL_CACHE_SIZE = 2
     for model_id in ["a", "b", "c"]:
         serve(model_id, jit_bytes(Constant(0.0)), allow_remote_inference=True)
+    evictions, misses = pool_cache.evictions, pool_cache.misses
 
-    assert len(model_cache) == 2
-    assert model_cache.evictions == evictions + 1
-    assert services.model_for_inference(model_id="a") is not None  # loads again from storage
+    for model_id in ["a", "b", "c", "a"]:
+        assert predict(api, model_id)[0] == 200
+
+    assert pool_cache.evictions >= evictions + 2  # c pushed a out, then a pushed b out (and older tests' models)
+    assert pool_cache.misses == misses + 4  # a was loaded again from storage
 
 
 def test_cache_keeps_one_archive_per_model():

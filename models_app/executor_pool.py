@@ -1,0 +1,379 @@
+"""The node's inference processes: `python -m models_app.executor_pool ADDRESS` (see models_app/executor.py).
+
+The supervisor imports torch and the node's code once, binds the pool's socket, and forks the inference
+processes from itself, so each starts warm and shares the supervisor's pages until it writes them. It
+replaces every process that exits (killed at its deadline, recycled after a memory refusal, crashed),
+turns whatever the processes print into log lines it writes itself, and stops, with its processes, when
+its standard input reaches end of file (the process that started it is gone) or on SIGTERM.
+
+An inference process takes one connection at a time: it reads one request, loads the model (its own
+least-recently-used cache, keyed by model id and archive name, as before), runs it under the deadline
+and the memory cap, answers, and goes back to accept the next connection.
+"""
+
+import contextlib
+import logging
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+import warnings
+
+logger = logging.getLogger("gridnode.inference")
+
+# Longest line of a process's output that is logged (the rest is cut) and lines logged per process
+# between two requests' worth of time: a model that prints without end must not flood the log.
+_MAX_LINE_CHARS = 2000
+_MAX_LINES_PER_SECOND = 20
+# A process that exits within this many seconds of starting is restarted after a pause that doubles.
+_QUICK_EXIT_SECONDS = 2.0
+_BACKLOG = 1024
+
+
+def pool_size() -> int:
+    """How many inference processes: the setting, else two more than the cores (README)."""
+    from django.conf import settings
+
+    return settings.GRIDNODE_INFERENCE_PROCESSES or (os.cpu_count() or 1) + 2
+
+
+def torch_threads(processes: int) -> int:
+    """Torch threads per inference process: the setting, else the cores shared out (at least one)."""
+    from django.conf import settings
+
+    return settings.GRIDNODE_TORCH_THREADS or max(1, (os.cpu_count() or 1) // processes)
+
+
+# --- An inference process ---------------------------------------------------------------------------
+
+
+class MemoryCapExceeded(Exception):
+    """The inference asked for more memory than GRIDNODE_INFERENCE_MEMORY_BYTES allows."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception says an allocation failed (Python's MemoryError, or torch's allocator)."""
+    if isinstance(exc, MemoryError | MemoryCapExceeded):
+        return True
+    from models_app.archives import OUT_OF_MEMORY_TEXT
+
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXT)
+
+
+def _data_bytes() -> int:
+    """This process's data segment (what RLIMIT_DATA counts): heap and private anonymous mappings."""
+    with open("/proc/self/statm", "rb") as statm:
+        fields = statm.read().split()
+    return int(fields[5]) * resource.getpagesize()
+
+
+@contextlib.contextmanager
+def bounded(*, seconds: float, memory_bytes: int):
+    """Kill this process when the block runs past `seconds`; fail its allocations past `memory_bytes` more.
+
+    The timer's signal keeps its default action, termination, which no model code can catch or delay.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (_data_bytes() + memory_bytes, hard))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+
+
+def serve_connections(listener: socket.socket) -> None:
+    """An inference process's life: one connection, one request, one answer, until it must be replaced."""
+    from django.conf import settings
+
+    from gridnode.cache import ArchiveCache
+    from models_app.executor import FrameError, receive_frame, send_frame
+
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A model's warnings carry text it chose; they are not the operator's log.
+    warnings.simplefilter("ignore")
+    cache = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
+    while True:
+        connection, _ = listener.accept()
+        recycle = False
+        try:
+            connection.settimeout(30)  # the request follows its connection at once
+            request = receive_frame(connection, max_blob_bytes=settings.GRIDNODE_MAX_UPLOAD_BYTES)
+            if request is None:
+                continue  # a probe: the pool is up
+            connection.settimeout(None)
+            reply, recycle = handle(request, cache)
+            connection.settimeout(30)
+            send_frame(connection, reply)
+        except (FrameError, OSError):
+            pass  # the caller is gone or spoke nonsense; nothing to answer
+        finally:
+            connection.close()
+        if recycle:
+            os._exit(0)
+
+
+def handle(request, cache) -> tuple:
+    """The reply frame for one request, and whether this process must be replaced after sending it."""
+    from django.conf import settings
+
+    from gridnode.errors import GridError
+    from models_app.executor import LIMIT_SETTINGS, MEMORY_STATUS, Frame
+    from models_app.inference import OPERATIONS
+
+    header = request.header
+    limits = header.get("limits") or {}
+    for name in LIMIT_SETTINGS:
+        if isinstance(limits.get(name), int):
+            setattr(settings, name, limits[name])
+    cache.capacity = settings.GRIDNODE_MODEL_CACHE_SIZE
+    model, body = header.get("model") or {}, header.get("body") or {}
+    operation = OPERATIONS.get(header.get("op"))
+    fields = body.get("error_fields") if isinstance(body.get("error_fields"), dict) else {}
+    stats = {"cache_hit": False, "evictions": cache.evictions}
+    try:
+        if operation is None or not isinstance(model, dict):
+            raise GridError("The inference process got a request it does not know.", status=500)
+        loaded = cache.get((str(model.get("id")), str(model.get("archive"))))
+        stats["cache_hit"] = loaded is not None
+        if loaded is None:
+            with bounded(
+                seconds=settings.GRIDNODE_LOAD_TIMEOUT,
+                memory_bytes=2 * settings.GRIDNODE_MAX_MODEL_BYTES + settings.GRIDNODE_INFERENCE_MEMORY_BYTES,
+            ):
+                loaded = _load_model(model, cache)
+        with bounded(
+            seconds=settings.GRIDNODE_INFERENCE_TIMEOUT, memory_bytes=settings.GRIDNODE_INFERENCE_MEMORY_BYTES
+        ):
+            status, content_type, headers, payload = operation(loaded, model["id"], body, request.blobs)
+    except GridError as error:
+        return _error_frame(error.status, error.message, {**fields, **error.fields}, stats, cache), False
+    except Exception as error:
+        if out_of_memory(error):
+            limit = settings.GRIDNODE_INFERENCE_MEMORY_BYTES
+            message = (
+                f"The inference needed more memory than this node allows per inference ({limit} bytes, "
+                "GRIDNODE_INFERENCE_MEMORY_BYTES)."
+            )
+            return _error_frame(MEMORY_STATUS, message, fields, stats, cache), True
+        if isinstance(error, RecursionError):
+            return _error_frame(400, "The data is nested too deeply.", fields, stats, cache), False
+        logger.exception("an inference failed in the inference process")
+        return _error_frame(500, "The inference failed inside the node.", fields, stats, cache), True
+    reply = {
+        "status": status,
+        "content_type": content_type,
+        "headers": headers,
+        **_cache_report(stats, cache),
+    }
+    return Frame(reply, [payload]), False
+
+
+def _error_frame(status: int, message: str, fields: dict, stats: dict, cache):
+    from models_app.executor import Frame
+
+    return Frame({"status": status, "error": message, "fields": fields, **_cache_report(stats, cache)})
+
+
+def _cache_report(stats: dict, cache) -> dict:
+    return {
+        "cache": {
+            "hit": stats["cache_hit"],
+            "evictions": cache.evictions - stats["evictions"],
+            "models": len(cache),
+            "process": os.getpid(),
+        }
+    }
+
+
+def _load_model(model: dict, cache):
+    """Load a model from its archive into this process's cache (checked again, as on every load)."""
+    from gridnode.errors import NotFound
+    from models_app import archives
+
+    key = (str(model.get("id")), str(model.get("archive")))
+    try:
+        if model.get("path"):
+            with open(model["path"], "rb") as source:
+                loaded = archives.load_archive(source, str(model.get("kind")))
+        else:
+            from django.core.files.storage import default_storage
+
+            with default_storage.open(key[1], "rb") as stored:
+                loaded = archives.load_archive(archives.seekable(stored), str(model.get("kind")))
+    except FileNotFoundError:
+        # Deleted between the web process's query and this read: as if the query had come a moment later.
+        raise NotFound("Model not found.") from None
+    cache.put(key, loaded)
+    return loaded
+
+
+# --- The supervisor ---------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Keeps `size` inference processes running on one listening socket, and logs what they print."""
+
+    def __init__(self, listener: socket.socket, size: int) -> None:
+        self.listener = listener
+        self.size = size
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (output pipe, started)
+        self.partial: dict[int, bytes] = {}
+        self.budget: dict[int, tuple[float, int]] = {}  # pid -> (second, lines logged in it)
+        self.pause = 0.0
+        self.stopping = False
+
+    def run(self) -> None:
+        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "lifeline")
+        while not self.stopping:
+            self._reap()
+            while len(self.children) < self.size and not self.stopping:
+                self._spawn()
+            for key, _ in self.selector.select(timeout=0.5):
+                if key.data == "lifeline":
+                    if not os.read(key.fd, 4096):
+                        self.stopping = True
+                else:
+                    self._read_output(key.fd, key.data)
+        self.stop()
+
+    def stop(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    def _spawn(self) -> None:
+        if self.pause:
+            time.sleep(self.pause)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the inference process
+            try:
+                os.close(read_end)
+                os.dup2(write_end, 1)
+                os.dup2(write_end, 2)
+                os.close(write_end)
+                _die_with_parent()
+                serve_connections(self.listener)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.children[pid] = (read_end, time.monotonic())
+        self.selector.register(read_end, selectors.EVENT_READ, pid)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            read_end, started = entry
+            with contextlib.suppress(OSError):
+                self._read_output(read_end, pid)
+            self.selector.unregister(read_end)
+            os.close(read_end)
+            self._flush(pid)
+            self.budget.pop(pid, None)
+            quick = time.monotonic() - started < _QUICK_EXIT_SECONDS
+            self.pause = min(5.0, max(0.1, self.pause * 2)) if quick else 0.0
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
+                logger.warning("inference process %d stopped at its deadline; replacing it", pid)
+            elif os.WIFSIGNALED(status):
+                logger.warning("inference process %d was killed by signal %d; replacing it", pid, os.WTERMSIG(status))
+            elif os.WEXITSTATUS(status) != 0:
+                logger.warning("inference process %d exited with code %d; replacing it", pid, os.WEXITSTATUS(status))
+
+    def _read_output(self, fd: int, pid: int) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        text = self.partial.pop(pid, b"") + chunk
+        *lines, rest = text.split(b"\n")
+        if len(rest) > _MAX_LINE_CHARS:
+            lines.append(rest)
+            rest = b""
+        if rest:
+            self.partial[pid] = rest
+        for line in lines:
+            self._log_line(pid, line)
+
+    def _flush(self, pid: int) -> None:
+        rest = self.partial.pop(pid, b"")
+        if rest:
+            self._log_line(pid, rest)
+
+    def _log_line(self, pid: int, line: bytes) -> None:
+        """One line a process printed, as the message of one log record (the JSON formatter escapes it)."""
+        second, count = self.budget.get(pid, (0.0, 0))
+        now = time.monotonic()
+        if now - second >= 1.0:
+            second, count = now, 0
+        count += 1
+        self.budget[pid] = (second, count)
+        if count > _MAX_LINES_PER_SECOND:
+            return
+        text = line.decode("utf-8", "replace")
+        if len(text) > _MAX_LINE_CHARS:
+            text = text[:_MAX_LINE_CHARS] + "…"
+        logger.warning("inference process %d printed: %s", pid, text)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the supervisor dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os._exit(0)
+
+
+def main(address: str) -> int:
+    """Set up once (Django, torch, the node's code), listen, and supervise the inference processes."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
+    import django
+
+    django.setup()
+    import torch
+
+    from models_app import inference  # noqa: F401  (imported once here, so every process starts warm)
+
+    size = pool_size()
+    torch.set_num_threads(torch_threads(size))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(b"\0" + address.encode())
+    listener.listen(_BACKLOG)
+    supervisor = Supervisor(listener, size)
+
+    def terminate(signum, frame):
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, terminate)
+    supervisor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
