@@ -15,10 +15,13 @@ bind = env_str("GRIDNODE_BIND", "127.0.0.1:8000")
 # (measured on 2 cores, c=8: 2 workers 3,134 req/s, 3 workers 3,259, 4 workers 2,961-3,178, 6 workers 2,986).
 workers = env_int("GRIDNODE_WORKERS", _cores + 1, minimum=1)
 worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
+# A request thread mostly waits: for the database, and for the inference process that runs its model
+# (models_app/executor.py). Four threads let a worker hand its next requests to the pool's one queue
+# meanwhile (measured on 2 cores, reference MLP, c=8: 1 thread ~830 req/s, 4 threads ~1,000).
 # An SMPC worker's evaluation waits in its thread while its peer's messages arrive on other requests,
 # and gunicorn hands connections to processes unevenly (4 clients at once could all land on one), so a
 # node with GRIDNODE_SMPC_SECRET gets threads to spare (README: Encrypted inference).
-threads = env_int("GRIDNODE_THREADS", 16 if os.environ.get("GRIDNODE_SMPC_SECRET") else 1, minimum=1)
+threads = env_int("GRIDNODE_THREADS", 16 if os.environ.get("GRIDNODE_SMPC_SECRET") else 4, minimum=1)
 # Each process runs at most threads - 1 evaluations, so one thread is always free for exchanges.
 os.environ.setdefault("GRIDNODE_SMPC_MAX_SESSIONS", str(max(1, threads - 1)))
 # Clients such as ApacheBench and requests.Session reuse connections.

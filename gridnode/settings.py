@@ -231,7 +231,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "gridnode.observability.JsonLineFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler"},
+        # Every line the node writes is one JSON object: text from requests and models (a warning with a
+        # newline, an exception message) stays inside its own line's string.
+        "console": {"class": "logging.StreamHandler", "formatter": "json"},
         "json_console": {"class": "logging.StreamHandler", "formatter": "json"},
     },
     "root": {"handlers": ["console"], "level": env_str("GRIDNODE_LOG_LEVEL", "INFO").upper()},
