@@ -29,7 +29,8 @@ keepalive = env_int("GRIDNODE_KEEPALIVE", 5)
 # Large model uploads and first loads take longer than gunicorn's 30 s default.
 timeout = env_int("GRIDNODE_TIMEOUT", 300, minimum=1)
 graceful_timeout = 30
-# Each worker runs torch with a share of the cores, so workers do not fight over them.
+# Each worker (for encrypted inference and tensor parsing) and each inference process runs torch with a
+# share of the cores, so they do not fight over them.
 os.environ.setdefault("GRIDNODE_TORCH_THREADS", str(max(1, _cores // workers)))
 accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
 

@@ -137,7 +137,8 @@ GRIDNODE_MAX_INFERENCE_BATCH = env_int("GRIDNODE_MAX_INFERENCE_BATCH", 1024, min
 DATA_UPLOAD_MAX_MEMORY_SIZE = GRIDNODE_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 
-# Threads torch may use per process for one inference; 0 leaves torch's default (one per core).
+# Threads torch may use per process; 0 leaves torch's default (one per core) to serving processes and
+# gives each inference process its share of the cores (models_app/executor_pool.py).
 GRIDNODE_TORCH_THREADS = env_int("GRIDNODE_TORCH_THREADS", 0)
 
 # Archives up to this size are checked by loading them in the serving process (and kept for the first
