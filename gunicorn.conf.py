@@ -44,17 +44,15 @@ def child_exit(server, worker):
 
 
 def on_starting(server):
-    """Start the node's inference processes once, before the workers, for all of them (README: Running models safely).
+    """Start the node's inference processes once, for all the workers (README: Running models safely).
 
-    The workers find the pool through the environment they inherit; the pool stops when the master does.
+    The workers find the pool through the environment they inherit, and wait for it on their first
+    inference if it is still starting (it imports torch while they do); it stops when the master does.
     """
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
-    from models_app.executor import ADDRESS_VARIABLE, start_pool, wait_for_pool
+    from models_app.executor import start_pool
 
-    address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
-    server.inference_pool = start_pool(address)
-    wait_for_pool(address, server.inference_pool)
-    os.environ[ADDRESS_VARIABLE] = address
+    server.inference_pool = start_pool(f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def on_exit(server):

@@ -64,11 +64,11 @@ INFERENCE_SECONDS = Histogram(
 )
 
 _CACHE_HELP = {
-    "hits": "Inference lookups that found the model already loaded in a worker's cache.",
+    "hits": "Inference lookups that found the model already loaded in an inference process's cache.",
     "misses": "Inference lookups that had to load the model from storage.",
-    "evictions": "Loaded models dropped from a worker's cache to stay within GRIDNODE_MODEL_CACHE_SIZE.",
+    "evictions": "Loaded models dropped from an inference process's cache to stay within GRIDNODE_MODEL_CACHE_SIZE.",
 }
-_CACHE_SIZE_HELP = "Models loaded in memory (summed over live workers in multiprocess mode)."
+_CACHE_SIZE_HELP = "Models loaded in the inference processes (the largest live worker's figure in multiprocess mode)."
 
 
 def _model_cache():
@@ -110,7 +110,7 @@ class CacheCounterSync:
         self._lock = threading.Lock()
         self._seen = {name: 0 for name in _CACHE_HELP}
         self._counters = {name: Counter(f"gridnode_model_cache_{name}", text) for name, text in _CACHE_HELP.items()}
-        self._size = Gauge("gridnode_model_cache_models", _CACHE_SIZE_HELP, multiprocess_mode="livesum")
+        self._size = Gauge("gridnode_model_cache_models", _CACHE_SIZE_HELP, multiprocess_mode="livemax")
 
     def __call__(self) -> None:
         cache = _model_cache()

@@ -40,6 +40,7 @@ from gridnode.errors import GridError, ServiceUnavailable
 # The environment variable that names the pool's socket, set by whoever started the pool (gunicorn's
 # master, see gunicorn.conf.py) and inherited by the processes that use it.
 ADDRESS_VARIABLE = "GRIDNODE_INFERENCE_ADDRESS"
+STARTED_VARIABLE = "GRIDNODE_INFERENCE_STARTED"  # when it was started (time.time()), to wait while it starts
 _HEADER = struct.Struct(">II")  # JSON header length, number of blobs
 _BLOB = struct.Struct(">Q")
 # A header is a few hundred bytes; anything far larger is not ours.
@@ -276,67 +277,60 @@ _own_pool: subprocess.Popen | None = None
 
 
 def _connect() -> socket.socket:
-    """A connection to the pool, starting this process's own pool first when nobody started one."""
+    """A connection to the pool, starting this process's own pool first when nobody started one.
+
+    A pool that is still starting (it imports torch) is waited for, up to _POOL_START_SECONDS after it
+    was started; a pool that is gone is a 503 at once.
+    """
     address = os.environ.get(ADDRESS_VARIABLE)
     if address is None:
         address = _start_own_pool()
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        connection.connect(b"\0" + address.encode())
-    except OSError:
-        connection.close()
-        raise ServiceUnavailable(
-            "This node's inference processes are not running; the operator should restart the node."
-        ) from None
-    return connection
+    started = float(os.environ.get(STARTED_VARIABLE) or 0)
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(b"\0" + address.encode())
+            return connection
+        except OSError:
+            connection.close()
+        pool_exited = _own_pool is not None and _own_pool.poll() is not None
+        if pool_exited or time.time() - started > _POOL_START_SECONDS:
+            raise ServiceUnavailable(
+                "This node's inference processes are not running; the operator should restart the node."
+            )
+        time.sleep(0.02)
 
 
 def _start_own_pool() -> str:
-    """Start a pool owned by this process (runserver, tests, a shell) and wait until it listens.
+    """Start a pool owned by this process (runserver, tests, a shell); it stops when this process exits.
 
-    Under gunicorn the master starts one pool for all its workers instead (gunicorn.conf.py). A pool
-    started here stops when this process exits: it reads its standard input until end of file.
+    Under gunicorn the master starts one pool for all its workers instead (gunicorn.conf.py).
     """
     global _own_pool
     with _pool_lock:
         address = os.environ.get(ADDRESS_VARIABLE)
-        if address is not None:
-            return address
-        address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
-        _own_pool = start_pool(address)
-        wait_for_pool(address, _own_pool)
-        os.environ[ADDRESS_VARIABLE] = address
+        if address is None:
+            address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
+            _own_pool = start_pool(address)
         return address
 
 
 def start_pool(address: str) -> subprocess.Popen:
-    """Start the pool's supervisor process listening on `address` (an abstract Unix socket name)."""
+    """Start the pool's supervisor listening on `address` (an abstract Unix socket name), and announce it.
+
+    Processes forked or started from this one afterwards find the pool through the environment. The pool
+    reads its standard input until end of file, which comes when every process holding the other end
+    (this one, and gunicorn's workers forked from it) is gone, and then stops.
+    """
     root = Path(__file__).resolve().parent.parent
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gridnode.settings"),
     }
     environment.pop(ADDRESS_VARIABLE, None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "models_app.executor_pool", address],
-        cwd=root,
-        env=environment,
-        stdin=subprocess.PIPE,  # its lifeline: end of file when this process is gone
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "models_app.executor_pool", address], cwd=root, env=environment, stdin=subprocess.PIPE
     )
-
-
-def wait_for_pool(address: str, pool: subprocess.Popen) -> None:
-    """Wait until the pool's socket takes connections; a 503 if the pool exits or never listens."""
-    until = time.monotonic() + _POOL_START_SECONDS
-    while time.monotonic() < until:
-        if pool.poll() is not None:
-            break
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(b"\0" + address.encode())
-            return  # the pool reads a probe's end of file and moves on
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
-    raise ServiceUnavailable("This node's inference processes did not start.")
+    os.environ[STARTED_VARIABLE] = str(time.time())
+    os.environ[ADDRESS_VARIABLE] = address
+    return pool

@@ -108,7 +108,7 @@ class GunicornNode:
         self.url = ""
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "GunicornNode":
+    def start(self, *, migrate: bool = True) -> "GunicornNode":
         env = {name: value for name, value in os.environ.items() if not name.startswith(("GRIDNODE_", "DATABASE_URL"))}
         env.update(
             DJANGO_SETTINGS_MODULE="gridnode.settings",
@@ -117,7 +117,8 @@ class GunicornNode:
             SECRET_KEY="bounded-inference",
             **self.environment,
         )
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True, timeout=300)
+        if migrate:
+            subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True, timeout=300)
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "gridnode.wsgi", "--no-control-socket"],
