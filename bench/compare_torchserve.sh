@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The node run the production way (gunicorn + gunicorn.conf.py on a fresh PostgreSQL database) against
-# TorchServe 0.12, both serving the reference MLP, plain JSON data; alternated load rounds per
+# TorchServe 0.12, both serving the reference MLP (or the small ResNet), plain JSON data; alternated load rounds per
 # concurrency with ../shared/bench/compare.sh, plus the cold start of an already stored model.
 #
 # usage: bench/compare_torchserve.sh [REQUESTS=3000] [ROUNDS=3] [CONCURRENCIES="1 8 32"]
-# env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob.
+# env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob;
+#        BENCH_MODEL=cnn serves make_cnn.py's small ResNet instead of the MLP (TorchServe then runs with
+#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_BENCH:-$(cd "$root/../shared/bench" && pwd)}
@@ -28,7 +30,13 @@ cd "$root"
 psql $pg -q -c "CREATE DATABASE $db"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" GRIDNODE_DATA_DIR="$work/data"
 .venv/bin/python manage.py migrate --no-input -v0
-.venv/bin/python "$shared/make_mlp.py" "$work" >/dev/null 2>&1
+model=${BENCH_MODEL:-mlp}
+case $model in
+  mlp) body=grid_infer.json expected=expected.json ;;
+  cnn) body=grid_infer_cnn.json expected=expected_cnn.json ;;
+  *) echo "BENCH_MODEL must be mlp or cnn" >&2; exit 2 ;;
+esac
+.venv/bin/python "$shared/make_$model.py" "$work" >/dev/null 2>&1
 
 start_node() {
   .venv/bin/gunicorn gridnode.wsgi --bind "127.0.0.1:$port" >"$work/gunicorn.log" 2>&1 &
@@ -36,13 +44,13 @@ start_node() {
 }
 stop_node() { kill "$gunicorn_pid"; wait "$gunicorn_pid" 2>/dev/null || true; gunicorn_pid=""; }
 infer() { curl -s -o "$work/answer.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-  -d @"$work/grid_infer.json" "$url/model/mlp"; }
+  -d @"$work/$body" "$url/model/$model"; }
 
 start_node
 for _ in $(seq 120); do curl -sf "$url/models" >/dev/null 2>&1 && break; sleep 0.5; done
-curl -sf -F model_id=mlp -F model=@"$work/mlp.pt" -F allow_remote_inference=true "$url/serve-model" >/dev/null
+curl -sf -F model_id="$model" -F model=@"$work/$model.pt" -F allow_remote_inference=true "$url/serve-model" >/dev/null
 [[ $(infer) == 200 ]] || { echo "inference failed: $(cat "$work/answer.json")"; exit 1; }
-.venv/bin/python - "$work/answer.json" "$work/expected.json" <<'PY'
+.venv/bin/python - "$work/answer.json" "$work/$expected" <<'PY'
 import json, sys
 got = json.load(open(sys.argv[1]))["prediction"]
 want = json.load(open(sys.argv[2]))
@@ -59,7 +67,11 @@ until [[ $(infer 2>/dev/null) == 200 ]]; do sleep 0.02; done
 echo "cold_start_s=$(.venv/bin/python -c "print(round($(date +%s.%N) - $begin, 2))")  (process start to first served inference)"
 
 echo "node: $(grep -m1 -o 'Using worker: .*' "$work/gunicorn.log"), $(grep -c 'Booting worker' "$work/gunicorn.log") workers"
+if [[ $model == cnn ]]; then
+  .venv/bin/python "$shared/limit.py" "$work/cnn.pt" "$work/$body"
+  export PEER_MODEL=cnn OMP_NUM_THREADS=1  # for TorchServe only: the node is already running
+fi
 for c in $concurrencies; do
   echo "== concurrency $c"
-  "$shared/compare.sh" "$url/model/mlp" "$work/grid_infer.json" "$c" "$requests" "$rounds"
+  "$shared/compare.sh" "$url/model/$model" "$work/$body" "$c" "$requests" "$rounds"
 done

@@ -79,7 +79,7 @@ class LoadedModel:
             with torch.inference_mode(), torch.jit.optimized_execution(False):
                 output = self.module(*inputs)
         except Exception as exc:  # a model raises whatever its code raises on data that does not fit it
-            if isinstance(exc, RuntimeError) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXT):
+            if is_out_of_memory(exc):
                 raise MemoryError(_last_line(exc)) from None  # the memory cap, not the caller's data
             raise BadRequest(f"The data does not fit the model: {_last_line(exc)}") from None
         if isinstance(output, list | tuple):
@@ -88,7 +88,14 @@ class LoadedModel:
 
 
 # What torch's allocator says when an allocation fails (under the inference memory cap, RLIMIT_DATA).
-OUT_OF_MEMORY_TEXT = ("can't allocate memory", "not enough memory", "std::bad_alloc", "Cannot allocate memory")
+_OUT_OF_MEMORY_TEXT = ("can't allocate memory", "not enough memory", "std::bad_alloc", "Cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception says an allocation failed (Python's MemoryError, or torch's allocator)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _OUT_OF_MEMORY_TEXT)
 
 
 def seekable(stored) -> IO[bytes]:

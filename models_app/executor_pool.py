@@ -50,19 +50,6 @@ def torch_threads(processes: int) -> int:
 # --- An inference process ---------------------------------------------------------------------------
 
 
-class MemoryCapExceeded(Exception):
-    """The inference asked for more memory than GRIDNODE_INFERENCE_MEMORY_BYTES allows."""
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception says an allocation failed (Python's MemoryError, or torch's allocator)."""
-    if isinstance(exc, MemoryError | MemoryCapExceeded):
-        return True
-    from models_app.archives import OUT_OF_MEMORY_TEXT
-
-    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXT)
-
-
 def _data_bytes() -> int:
     """This process's data segment (what RLIMIT_DATA counts): heap and private anonymous mappings."""
     with open("/proc/self/statm", "rb") as statm:
@@ -124,6 +111,7 @@ def handle(request, cache) -> tuple:
     from django.conf import settings
 
     from gridnode.errors import GridError
+    from models_app import archives
     from models_app.executor import LIMIT_SETTINGS, MEMORY_STATUS, Frame
     from models_app.inference import OPERATIONS
 
@@ -135,7 +123,6 @@ def handle(request, cache) -> tuple:
     cache.capacity = settings.GRIDNODE_MODEL_CACHE_SIZE
     model, body = header.get("model") or {}, header.get("body") or {}
     operation = OPERATIONS.get(header.get("op"))
-    fields = body.get("error_fields") if isinstance(body.get("error_fields"), dict) else {}
     stats = {"cache_hit": False, "evictions": cache.evictions}
     try:
         if operation is None or not isinstance(model, dict):
@@ -153,19 +140,19 @@ def handle(request, cache) -> tuple:
         ):
             status, content_type, headers, payload = operation(loaded, model["id"], body, request.blobs)
     except GridError as error:
-        return _error_frame(error.status, error.message, {**fields, **error.fields}, stats, cache), False
+        return _error_frame(error.status, error.message, error.fields, stats, cache), False
     except Exception as error:
-        if out_of_memory(error):
+        if archives.is_out_of_memory(error):
             limit = settings.GRIDNODE_INFERENCE_MEMORY_BYTES
             message = (
                 f"The inference needed more memory than this node allows per inference ({limit} bytes, "
                 "GRIDNODE_INFERENCE_MEMORY_BYTES)."
             )
-            return _error_frame(MEMORY_STATUS, message, fields, stats, cache), True
+            return _error_frame(MEMORY_STATUS, message, {}, stats, cache), True
         if isinstance(error, RecursionError):
-            return _error_frame(400, "The data is nested too deeply.", fields, stats, cache), False
+            return _error_frame(400, "The data is nested too deeply.", {}, stats, cache), False
         logger.exception("an inference failed in the inference process")
-        return _error_frame(500, "The inference failed inside the node.", fields, stats, cache), True
+        return _error_frame(500, "The inference failed inside the node.", {}, stats, cache), True
     reply = {
         "status": status,
         "content_type": content_type,
@@ -290,7 +277,11 @@ class Supervisor:
             os.close(read_end)
             self._flush(pid)
             self.budget.pop(pid, None)
-            quick = time.monotonic() - started < _QUICK_EXIT_SECONDS
+            # Stopped at its deadline or replaced on purpose (exit 0) is normal; dying young otherwise
+            # (a broken install, a crash at start) would make a loop: restart it ever more slowly.
+            expected = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
+            expected = expected or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+            quick = not expected and time.monotonic() - started < _QUICK_EXIT_SECONDS
             self.pause = min(5.0, max(0.1, self.pause * 2)) if quick else 0.0
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
                 logger.warning("inference process %d stopped at its deadline; replacing it", pid)
