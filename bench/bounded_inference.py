@@ -33,13 +33,13 @@ import torch  # noqa: E402
 
 django.setup()
 
+from tests.conftest import jit_bytes  # noqa: E402
 from tests.security.hostile import (  # noqa: E402
     Allocates,
     Answers,
     Endless,
     GunicornNode,
     innocent_share,
-    jit_archive,
 )
 
 MIB = 1024**2
@@ -53,9 +53,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as root:
         node = GunicornNode(Path(root), **environment).start()
         try:
-            node.serve("mlp", jit_archive(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()))
+            node.serve("mlp", jit_bytes(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()))
             for model_id, module in [("endless", Endless()), ("allocates", Allocates()), ("answers", Answers())]:
-                assert node.serve(model_id, jit_archive(module))[0] == 200
+                assert node.serve(model_id, jit_bytes(module))[0] == 200
             node.stop()
             started = time.monotonic()
             node = GunicornNode(Path(root), **environment).start()

@@ -33,7 +33,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import torch
 
@@ -68,11 +68,15 @@ class LoadedModel:
     module: torch.nn.Module
     input_count: int
     input_dtypes: list[torch.dtype | None] = field(default_factory=list)
+    # How many times any model's code was started in this process (an inference process reports whether
+    # a request got that far: see executor_pool.handle).
+    runs: ClassVar[int] = 0
 
     def run(self, inputs: list[torch.Tensor], *, all_outputs: bool):
         """The model's output for these inputs: the first output, or all of them when asked."""
         if len(inputs) != self.input_count:
             raise BadRequest(f"This model takes {self.input_count} input(s); the data holds {len(inputs)}.")
+        LoadedModel.runs += 1
         try:
             # TorchScript's optimizing executor spent 20-35 ms profiling a model's first calls (per thread)
             # and then ran the reference MLP slower than without it (26 us vs 20 us a call, CPU): off.

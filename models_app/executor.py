@@ -153,6 +153,7 @@ class Outcome:
     headers: dict = field(default_factory=dict)
     error: str | None = None
     fields: dict = field(default_factory=dict)
+    ran: bool = True  # whether the model's code started (False: refused before, e.g. the body's form)
 
     def raise_for_error(self) -> None:
         if self.error is not None:
@@ -262,7 +263,7 @@ def _outcome(reply: Frame) -> Outcome:
     error = header.get("error")
     if error is not None:
         fields = header.get("fields") if isinstance(header.get("fields"), dict) else {}
-        return Outcome(status, error=str(error)[:1000], fields=fields)
+        return Outcome(status, error=str(error)[:1000], fields=fields, ran=header.get("ran") is not False)
     headers = header.get("headers") if isinstance(header.get("headers"), dict) else {}
     return Outcome(
         status,

@@ -123,7 +123,7 @@ def handle(request, cache) -> tuple:
     cache.capacity = settings.GRIDNODE_MODEL_CACHE_SIZE
     model, body = header.get("model") or {}, header.get("body") or {}
     operation = OPERATIONS.get(header.get("op"))
-    stats = {"cache_hit": False, "evictions": cache.evictions}
+    stats = {"cache_hit": False, "evictions": cache.evictions, "runs": archives.LoadedModel.runs}
     try:
         if operation is None or not isinstance(model, dict):
             raise GridError("The inference process got a request it does not know.", status=500)
@@ -169,13 +169,16 @@ def _error_frame(status: int, message: str, fields: dict, stats: dict, cache):
 
 
 def _cache_report(stats: dict, cache) -> dict:
+    from models_app.archives import LoadedModel
+
     return {
+        "ran": LoadedModel.runs != stats["runs"],
         "cache": {
             "hit": stats["cache_hit"],
             "evictions": cache.evictions - stats["evictions"],
             "models": len(cache),
             "process": os.getpid(),
-        }
+        },
     }
 
 

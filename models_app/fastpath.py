@@ -125,13 +125,15 @@ class InferenceFastPath:
         signals.request_started.send(sender=self.__class__, environ=environ)
         try:
             try:
-                orjson.loads(body)  # a body DRF cannot parse is Django's to refuse, before any lookup
                 model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
             except Exception:
                 return None  # Django answers: nothing ran
             outcome = executor.run("predict", model, *inference.json_body(body))
             if outcome.error is not None:
-                environ[inference.FAST_PATH_OUTCOME] = outcome
+                # Refused before the model ran (a body that is not JSON, data that does not fit): Django
+                # answers in its own words, and asks again only where it would get that far.
+                if outcome.ran or outcome.status != 400:
+                    environ[inference.FAST_PATH_OUTCOME] = outcome
                 return None
             return orjson.dumps(inference.answer(model_id=model_id, body=None, ran=outcome), default=self._default)
         except Exception:

@@ -3,7 +3,6 @@
 Used by tests/security/test_bounded_inference.py and bench/bounded_inference.py.
 """
 
-import io
 import json
 import os
 import re
@@ -71,18 +70,6 @@ class Stash(torch.nn.Module):
         old = self.prev.clone()
         self.prev.copy_(x)
         return old
-
-
-def jit_archive(module: torch.nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(module), buffer)
-    return buffer.getvalue()
-
-
-def plan_archive(module: torch.nn.Module, example: tuple) -> bytes:
-    buffer = io.BytesIO()
-    torch.export.save(torch.export.export(module, example), buffer)
-    return buffer.getvalue()
 
 
 class ForgesLogs(torch.nn.Module):

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from tests.conftest import jit_bytes, plan_bytes
 from tests.reliability.helpers import request
 from tests.security.hostile import (
     Allocates,
@@ -22,8 +23,6 @@ from tests.security.hostile import (
     GunicornNode,
     Stash,
     innocent_share,
-    jit_archive,
-    plan_archive,
 )
 
 DEADLINE = 3  # GRIDNODE_INFERENCE_TIMEOUT of the node under test
@@ -37,13 +36,13 @@ def node(tmp_path_factory):
         GRIDNODE_INFERENCE_TIMEOUT=str(DEADLINE),
         GRIDNODE_INFERENCE_MEMORY_BYTES=str(MEMORY_CAP),
     ).start()
-    assert started.serve("mlp", jit_archive(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()))[0] == 200
+    assert started.serve("mlp", jit_bytes(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()))[0] == 200
     yield started
     started.stop()
 
 
 def test_an_endless_model_is_stopped_at_the_deadline_with_a_504_naming_the_limit(node):
-    assert node.serve("endless", jit_archive(Endless()))[0] == 200
+    assert node.serve("endless", jit_bytes(Endless()))[0] == 200
 
     started = time.monotonic()
     status, body = node.infer("endless", [1.0])
@@ -59,7 +58,7 @@ def test_an_endless_model_is_stopped_at_the_deadline_with_a_504_naming_the_limit
 
 
 def test_an_endless_export_program_is_stopped_too(node):
-    assert node.serve("endless-plan", plan_archive(EndlessPlan(), (torch.rand(3),)))[0] == 200
+    assert node.serve("endless-plan", plan_bytes(EndlessPlan(), (torch.rand(3),)))[0] == 200
 
     status, body = node.infer("endless-plan", [1.0, 2.0, 3.0])
 
@@ -67,8 +66,18 @@ def test_an_endless_export_program_is_stopped_too(node):
     assert "GRIDNODE_INFERENCE_TIMEOUT" in body["error"]
 
 
+def test_an_endless_model_is_stopped_on_the_open_inference_protocol_path_too(node):
+    node.serve("endless-v2", jit_bytes(Endless()))
+    body = {"inputs": [{"name": "input__0", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+
+    status, answer = request(node.url, "POST", "/v2/models/endless-v2/infer", body, timeout=60)
+
+    assert status == 504
+    assert "GRIDNODE_INFERENCE_TIMEOUT" in answer["error"]
+
+
 def test_innocent_callers_are_answered_while_two_endless_requests_run(node):
-    node.serve("endless-2", jit_archive(Endless()))
+    node.serve("endless-2", jit_bytes(Endless()))
 
     share, results = innocent_share(
         node, while_running=[lambda: node.infer("endless-2", [1.0]), lambda: node.infer("endless-2", [2.0])]
@@ -80,7 +89,7 @@ def test_innocent_callers_are_answered_while_two_endless_requests_run(node):
 
 
 def test_an_allocation_sized_by_the_caller_is_refused_and_memory_returns(node):
-    assert node.serve("allocates", jit_archive(Allocates()))[0] == 200
+    assert node.serve("allocates", jit_bytes(Allocates()))[0] == 200
     assert node.infer("allocates", [1000.0])[0] == 200  # loaded in a process, small
     before = node.memory_bytes()
 
@@ -95,7 +104,7 @@ def test_an_allocation_sized_by_the_caller_is_refused_and_memory_returns(node):
 
 
 def test_an_answer_sized_by_the_caller_is_refused_before_it_is_rendered(node):
-    assert node.serve("answers", jit_archive(Answers()))[0] == 200
+    assert node.serve("answers", jit_bytes(Answers()))[0] == 200
     assert node.infer("answers", [3.0]) == (200, {"success": True, "status": True, "prediction": [1.0, 1.0, 1.0]})
 
     status, body = node.infer("answers", [float(64 * 1024**2)])  # 64 Mi elements
@@ -106,7 +115,7 @@ def test_an_answer_sized_by_the_caller_is_refused_before_it_is_rendered(node):
 
 @pytest.mark.parametrize("kind", ["jit", "plan"])
 def test_a_model_that_stashes_callers_inputs_is_refused_and_no_caller_sees_another(node, kind):
-    archive = jit_archive(Stash()) if kind == "jit" else plan_archive(Stash(), (torch.rand(4),))
+    archive = jit_bytes(Stash()) if kind == "jit" else plan_bytes(Stash(), (torch.rand(4),))
 
     status, body = node.serve(f"stash-{kind}", archive)
 
@@ -120,7 +129,7 @@ def test_a_model_that_stashes_callers_inputs_is_refused_and_no_caller_sees_anoth
 
 
 def test_model_text_never_forges_a_log_line(node):
-    assert node.serve("forger", jit_archive(ForgesLogs()))[0] == 200
+    assert node.serve("forger", jit_bytes(ForgesLogs()))[0] == 200
 
     assert node.infer("forger", [1.0])[0] == 200
     status, body = node.infer("forger", [-1.0])  # raises with the same text, 64 times over

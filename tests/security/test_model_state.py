@@ -30,6 +30,7 @@ from tests.security.conftest import (
     zip_entries,
     zip_of,
 )
+from tests.security.hostile import Stash
 
 pytestmark = pytest.mark.django_db
 
@@ -42,17 +43,8 @@ def writes_state(write: str) -> str:
     return f"The model writes into its own state, which would carry one caller's data to the next: {write}"
 
 
-class StashesItsInput(nn.Module):
-    """The reported model: answers each caller with the previous caller's input."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("prev", torch.zeros(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        old = self.prev.clone()
-        self.prev.copy_(x)
-        return old
+# The reported model: answers each caller with the previous caller's input.
+StashesItsInput = Stash
 
 
 class StashesInASubmodule(nn.Module):
