@@ -7,7 +7,9 @@ run, stop them at its limits with a JSON error that names the limit, and lose no
 """
 
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -86,6 +88,20 @@ def test_innocent_callers_are_answered_while_two_endless_requests_run(node):
     assert [status for status, _ in results] == [504, 504]
     assert share >= 0.95
     assert request(node.url, "GET", "/healthz")[0] == 200
+
+
+def test_the_node_answers_while_every_inference_process_is_stuck(node):
+    """As many endless requests as processes (cores + 2) stall inference up to the deadline, nothing else."""
+    node.serve("endless-4", jit_bytes(Endless()))
+    processes = (os.cpu_count() or 1) + 2
+
+    with ThreadPoolExecutor(max_workers=processes) as pool:
+        stuck = [pool.submit(node.infer, "endless-4", [float(n)]) for n in range(processes)]
+        time.sleep(1)
+        assert request(node.url, "GET", "/healthz", timeout=2)[0] == 200
+        assert request(node.url, "GET", "/models", timeout=2)[0] == 200
+        assert [future.result(timeout=60)[0] for future in stuck] == [504] * processes
+    assert node.infer("mlp", [[1.0, 2.0, 3.0, 4.0]])[0] == 200
 
 
 def test_an_allocation_sized_by_the_caller_is_refused_and_memory_returns(node):
