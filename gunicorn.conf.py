@@ -33,6 +33,23 @@ graceful_timeout = 30
 # share of the cores, so they do not fight over them.
 os.environ.setdefault("GRIDNODE_TORCH_THREADS", str(max(1, _cores // workers)))
 accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
+# The peer, then the client address nginx forwarded ("-" when none, or when the peer is not trusted).
+access_log_format = '%(h)s %({x-forwarded-for}i)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+# gunicorn's default maps a `SCRIPT_NAME` (and `PATH_INFO`) header from any peer in forwarded_allow_ips
+# (loopback included) onto the WSGI environ: `SCRIPT_NAME: /x` served `/x/models` as `/models` and
+# answered gunicorn's own 500 page on a mismatch. No proxy of ours sends them, so none is honoured;
+# with header_map's default ("drop") such headers are dropped.
+forwarder_headers = ""
+# X-Forwarded-* are trusted from the peers gunicorn trusts (FORWARDED_ALLOW_IPS, default loopback; a Unix
+# socket's peer always): from anyone else pre_request drops them, so Django's use of them (the request
+# log's client address, GRIDNODE_BEHIND_TLS_PROXY) follows the same rule.
+_FORWARDED = ("X-FORWARDED-FOR", "X-FORWARDED-PROTO", "X-FORWARDED-HOST", "X-FORWARDED-PORT", "FORWARDED")
+
+
+def pre_request(worker, req):
+    """Drop forwarding headers a peer outside forwarded_allow_ips sent (README: "Running in production")."""
+    if not req._peer_is_trusted_proxy():  # gunicorn's own test, as for its secure_scheme_headers
+        req.headers = [(name, value) for name, value in req.headers if name not in _FORWARDED]
 
 
 def child_exit(server, worker):

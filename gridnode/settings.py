@@ -114,7 +114,11 @@ WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Readable by nginx's workers, which serve collectstatic's output (deploy/nginx.conf); uploads stay 0640.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
+    },
 }
 # Uploads are staged on the same file system as the storage, so storing one is a rename.
 FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
