@@ -33,8 +33,9 @@ graceful_timeout = 30
 # share of the cores, so they do not fight over them.
 os.environ.setdefault("GRIDNODE_TORCH_THREADS", str(max(1, _cores // workers)))
 accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
-# The peer, then the client address nginx forwarded ("-" when none, or when the peer is not trusted).
-access_log_format = '%(h)s %({x-forwarded-for}i)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+# The client address nginx forwarded ("-" when none, or when the peer is not trusted), then the peer's
+# (empty on a Unix socket), then gunicorn's default fields.
+access_log_format = '%({x-forwarded-for}i)s %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 # gunicorn's default maps a `SCRIPT_NAME` (and `PATH_INFO`) header from any peer in forwarded_allow_ips
 # (loopback included) onto the WSGI environ: `SCRIPT_NAME: /x` served `/x/models` as `/models` and
 # answered gunicorn's own 500 page on a mismatch. No proxy of ours sends them, so none is honoured;

@@ -120,6 +120,22 @@ class ProductionStack:
         self.wait_until_answering(self.proxied_url, within=60)
         return self
 
+    def manage(self, *arguments: str) -> None:
+        """Run a manage.py command on the stack's database (DJANGO_SUPERUSER_PASSWORD: admin-password-1)."""
+        env = {**self.env(), "DJANGO_SUPERUSER_PASSWORD": "admin-password-1"}
+        subprocess.run([sys.executable, "manage.py", *arguments], cwd=REPO, env=env, check=True, timeout=120)
+
+    @staticmethod
+    def log_line(log: Path, text: str, within: float = 5) -> str:
+        """The one line of `log` holding `text` (gunicorn writes its lines just after the answer)."""
+        until = time.monotonic() + within
+        while True:
+            lines = [line for line in log.read_text().splitlines() if text in line]
+            if lines or time.monotonic() > until:
+                (line,) = lines
+                return line
+            time.sleep(0.05)
+
     def wait_until_answering(self, url: str, within: float = 60) -> None:
         """Until `GET /healthz` answers 200 within a second (after an attack on bare gunicorn, its workers'
         threads come free one after another)."""
