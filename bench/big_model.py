@@ -1,6 +1,11 @@
 """Peak memory of the serving process for a 1 GiB model upload (multipart) and download (raw bytes).
 
 usage: .venv/bin/python bench/big_model.py [SIZE_MIB=1024]
+       BENCH_NGINX=1 .venv/bin/python bench/big_model.py [SIZE_MIB=1024]   through nginx, as scripts/serve
+
+With BENCH_NGINX=1 the transfers go through nginx (deploy/nginx.conf, one nginx worker, gunicorn on a Unix
+socket) and nginx's worker's peak RSS growth is printed beside gunicorn's: nginx writes the request body
+to a temp file and hands gunicorn a whole request, and buffers the download the same way.
 
 Starts the node the production way (gunicorn with gunicorn.conf.py, one worker so there is one process
 to watch) on a fresh PostgreSQL database, writes a TorchScript model of about SIZE_MIB, streams it up as a
@@ -14,6 +19,7 @@ Needs root (clear_refs) and PostgreSQL on 127.0.0.1:5432.
 import hashlib
 import http.client
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = int(os.environ.get("BENCH_PORT", "18210"))
+VIA_NGINX = bool(os.environ.get("BENCH_NGINX"))
+# Where the transfers go: gunicorn, or nginx in front of it.
+TARGET_PORT = PORT + 1 if VIA_NGINX else PORT
 CHUNK = 1024 * 1024
 
 
@@ -39,13 +48,16 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def worker_pid(master: int) -> int:
+def worker_pid(master: int, name: str = "gunicorn") -> int:
+    """The first child of `master` whose command line names `name` (the gunicorn master's other child is
+    the inference processes' supervisor)."""
     for _ in range(100):
         children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
-        if children:
-            return int(children[0])
+        for child in children:
+            if name.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
         time.sleep(0.1)
-    raise RuntimeError("no gunicorn worker")
+    raise RuntimeError(f"no {name} worker")
 
 
 def write_model(path: Path, size_mib: int) -> None:
@@ -71,7 +83,7 @@ def upload(path: Path, model_id: str) -> int:
             yield from iter(lambda: source.read(CHUNK), b"")
         yield tail
 
-    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=900)
+    connection = http.client.HTTPConnection("127.0.0.1", TARGET_PORT, timeout=900)
     headers = {
         "Content-Type": f"multipart/form-data; boundary={boundary}",
         "Content-Length": str(len(head) + path.stat().st_size + len(tail)),
@@ -83,7 +95,7 @@ def upload(path: Path, model_id: str) -> int:
 
 
 def download(model_id: str, target: Path) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=900)
+    connection = http.client.HTTPConnection("127.0.0.1", TARGET_PORT, timeout=900)
     connection.request("GET", f"/get_model/{model_id}", headers={"Accept": "application/octet-stream"})
     response = connection.getresponse()
     digest = hashlib.sha256()
@@ -106,7 +118,14 @@ def main(size_mib: int) -> None:
         "GRIDNODE_DATA_DIR": str(work / "data"),
         "GRIDNODE_WORKERS": "1",
     }
-    server = None
+    server = nginx = None
+    binds = ["--bind", f"127.0.0.1:{PORT}"]
+    if VIA_NGINX:
+        run = work / "run"
+        run.mkdir()
+        for folder in (work, run):
+            folder.chmod(0o755)  # nginx's workers (www-data) reach the socket and their temp folders
+        binds += ["--bind", f"unix:{run}/gunicorn.sock"]
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         archive = work / "big.pt"
@@ -114,7 +133,7 @@ def main(size_mib: int) -> None:
         size = archive.stat().st_size
         print(f"model archive: {size / 2**20:.0f} MiB")
         server = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "gridnode.wsgi", "--bind", f"127.0.0.1:{PORT}"],
+            [str(ROOT / ".venv/bin/gunicorn"), "gridnode.wsgi", "--no-control-socket", *binds],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -122,21 +141,43 @@ def main(size_mib: int) -> None:
         )
         pid = worker_pid(server.pid)
         time.sleep(3)  # let the worker finish importing Django and torch
+        watched = {"worker": pid}
+        if VIA_NGINX:
+            nginx_env = {**env, "GRIDNODE_PUBLIC_BIND": f"127.0.0.1:{TARGET_PORT}", "GRIDNODE_NGINX_WORKERS": "1"}
+            render = [sys.executable, "deploy/render_nginx_conf.py", str(run), f"unix:{run}/gunicorn.sock"]
+            (run / "nginx.conf").write_bytes(
+                subprocess.run(render, cwd=ROOT, env=nginx_env, check=True, capture_output=True).stdout
+            )
+            nginx_binary = shutil.which("nginx") or "/usr/sbin/nginx"
+            nginx = subprocess.Popen([nginx_binary, "-e", "stderr", "-c", str(run / "nginx.conf"), "-g", "daemon off;"])
+            watched["nginx worker"] = worker_pid(nginx.pid, name="nginx")
+            time.sleep(1)
 
-        before = kib(pid, "VmRSS")
-        reset_peak(pid)
-        started = time.perf_counter()
-        assert upload(archive, "big") == 200
-        upload_s = time.perf_counter() - started
-        upload_growth = kib(pid, "VmHWM") - before
+        def peaks(transfer):
+            """Run `transfer` and answer its seconds, its answer and each watched process's peak RSS growth (KiB)."""
+            before = {name: kib(watched_pid, "VmRSS") for name, watched_pid in watched.items()}
+            for watched_pid in watched.values():
+                reset_peak(watched_pid)
+            started = time.perf_counter()
+            answer = transfer()
+            seconds = time.perf_counter() - started
+            return (
+                seconds,
+                answer,
+                {name: kib(watched_pid, "VmHWM") - before[name] for name, watched_pid in watched.items()},
+            )
+
+        upload_s, status, growth = peaks(lambda: upload(archive, "big"))
+        assert status == 200
+        upload_growth = growth["worker"]
         print(f"upload: {upload_s:.1f} s, worker peak RSS growth {upload_growth / 1024:.0f} MiB")
+        if VIA_NGINX:
+            print(f"upload: nginx worker peak RSS growth {growth['nginx worker'] / 1024:.1f} MiB")
 
-        before = kib(pid, "VmRSS")
-        reset_peak(pid)
-        started = time.perf_counter()
-        digest = download("big", work / "copy.pt")
-        download_s = time.perf_counter() - started
-        download_growth = kib(pid, "VmHWM") - before
+        download_s, digest, growth = peaks(lambda: download("big", work / "copy.pt"))
+        download_growth = growth["worker"]
+        if VIA_NGINX:
+            print(f"download: nginx worker peak RSS growth {growth['nginx worker'] / 1024:.1f} MiB")
         same = digest == hashlib.sha256(archive.read_bytes()).hexdigest()
         print(
             f"download: {download_s:.1f} s, worker peak RSS growth {download_growth / 1024:.0f} MiB, same bytes: {same}"
@@ -146,9 +187,10 @@ def main(size_mib: int) -> None:
             f"download_peak_growth_mib={download_growth / 1024:.0f} upload_s={upload_s:.1f} download_s={download_s:.1f}"
         )
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
+        for process in (nginx, server):
+            if process is not None:
+                process.terminate()
+                process.wait()
         subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db}"], check=False)
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

@@ -6,7 +6,9 @@
 # usage: bench/compare_torchserve.sh [REQUESTS=3000] [ROUNDS=3] [CONCURRENCIES="1 8 32"]
 # env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob;
 #        BENCH_MODEL=cnn serves make_cnn.py's small ResNet instead of the MLP (TorchServe then runs with
-#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) first.
+#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) first;
+#        BENCH_NGINX=1 also runs each concurrency through nginx (deploy/nginx.conf, as scripts/serve: gunicorn's
+#        Unix socket behind nginx on BENCH_PORT+1), after the direct rounds.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_BENCH:-$(cd "$root/../shared/bench" && pwd)}
@@ -16,9 +18,15 @@ url="http://127.0.0.1:$port"
 pg="-h 127.0.0.1 -p 5432 -U postgres"
 db="gridnode_bench_$$"
 work=$(mktemp -d)
-gunicorn_pid=""
+gunicorn_pid="" nginx_pid=""
+binds=(--bind "127.0.0.1:$port")
+if [[ -n ${BENCH_NGINX:-} ]]; then
+  mkdir -p "$work/run" && chmod 755 "$work" "$work/run"  # nginx's workers (www-data) reach the socket
+  binds+=(--bind "unix:$work/run/gunicorn.sock")
+fi
 
 cleanup() {
+  [[ -n $nginx_pid ]] && kill -QUIT "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
   [[ -n $gunicorn_pid ]] && kill "$gunicorn_pid" 2>/dev/null && wait "$gunicorn_pid" 2>/dev/null
   psql $pg -q -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
   rm -rf "$work"
@@ -39,7 +47,7 @@ esac
 .venv/bin/python "$shared/make_$model.py" "$work" >/dev/null 2>&1
 
 start_node() {
-  .venv/bin/gunicorn gridnode.wsgi --bind "127.0.0.1:$port" >"$work/gunicorn.log" 2>&1 &
+  .venv/bin/gunicorn gridnode.wsgi "${binds[@]}" --no-control-socket >"$work/gunicorn.log" 2>&1 &
   gunicorn_pid=$!
 }
 stop_node() { kill "$gunicorn_pid"; wait "$gunicorn_pid" 2>/dev/null || true; gunicorn_pid=""; }
@@ -75,3 +83,14 @@ for c in $concurrencies; do
   echo "== concurrency $c"
   "$shared/compare.sh" "$url/model/$model" "$work/$body" "$c" "$requests" "$rounds"
 done
+if [[ -n ${BENCH_NGINX:-} ]]; then
+  GRIDNODE_PUBLIC_BIND="127.0.0.1:$((port + 1))" .venv/bin/python deploy/render_nginx_conf.py "$work/run" \
+    "unix:$work/run/gunicorn.sock" >"$work/run/nginx.conf"
+  PATH="$PATH:/usr/sbin" nginx -e stderr -c "$work/run/nginx.conf" -g 'daemon off;' &
+  nginx_pid=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+  for c in $concurrencies; do
+    echo "== through nginx, concurrency $c"
+    "$shared/compare.sh" "http://127.0.0.1:$((port + 1))/model/$model" "$work/$body" "$c" "$requests" "$rounds"
+  done
+fi
