@@ -42,8 +42,8 @@ access_log_format = '%({x-forwarded-for}i)s %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)
 # with header_map's default ("drop") such headers are dropped.
 forwarder_headers = ""
 # X-Forwarded-* are trusted from the peers gunicorn trusts (FORWARDED_ALLOW_IPS, default loopback; a Unix
-# socket's peer always): from anyone else pre_request drops them, so Django's use of them (the request
-# log's client address, GRIDNODE_BEHIND_TLS_PROXY) follows the same rule.
+# socket's peer always): from anyone else pre_request drops them, so whatever reads them (the access log's
+# client address, Django under GRIDNODE_BEHIND_TLS_PROXY) follows the same rule.
 _FORWARDED = ("X-FORWARDED-FOR", "X-FORWARDED-PROTO", "X-FORWARDED-HOST", "X-FORWARDED-PORT", "FORWARDED")
 
 
