@@ -60,9 +60,9 @@ def answer(*, model_id: str, body: Callable[[], tuple[dict, list[bytes]]], ran: 
     return {"success": True, "status": True, "prediction": orjson.Fragment(outcome.payload)}
 
 
-def json_body(raw: bytes) -> tuple[dict, list[bytes]]:
-    """A JSON request body as it travels to an inference process (parsed there)."""
-    return {"json": 0}, [raw]
+def json_body(raw: bytes, *, charset: str | None = None) -> tuple[dict, list[bytes]]:
+    """A JSON request body as it travels to an inference process (parsed there, in its `charset`)."""
+    return {"json": 0, "charset": charset}, [raw]
 
 
 def form_body(data) -> tuple[dict, list[bytes]]:
@@ -90,9 +90,12 @@ def form_body(data) -> tuple[dict, list[bytes]]:
 def _request_data(body: dict, blobs: list[bytes]):
     """The inference side: the request's data as the view parsed it (see `json_body`, `form_body`)."""
     if "json" in body:
+        raw, charset = blobs[body["json"]], body.get("charset")
         try:
-            return orjson.loads(blobs[body["json"]])
-        except orjson.JSONDecodeError:
+            if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+                raw = raw.decode(charset).encode()
+            return orjson.loads(raw)
+        except (orjson.JSONDecodeError, LookupError, UnicodeError):
             raise BadRequest("The request body could not be parsed as its Content-Type says.") from None
     if "value" in body:
         return json.loads(blobs[body["value"]])

@@ -311,4 +311,12 @@ class HostedModelViewSet(viewsets.ViewSet):
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_BODY_BYTES, what="inference data")
         # A request the fast path ran and that failed comes here with its outcome: the model runs once.
         ran = request.META.get(inference.FAST_PATH_OUTCOME)
-        return Response(inference.answer(model_id=model_id, body=lambda: inference.form_body(request.data), ran=ran))
+        return Response(inference.answer(model_id=model_id, body=lambda: _inference_body(request), ran=ran))
+
+
+def _inference_body(request) -> tuple[dict, list[bytes]]:
+    """The request's data for the inference process: a JSON body as it came (the process parses it, under
+    its memory cap, never this one), any other body as DRF parsed it."""
+    if request.content_type.split(";", 1)[0].strip().lower() == "application/json":
+        return inference.json_body(request._request.body, charset=request._request.encoding)
+    return inference.form_body(request.data)
