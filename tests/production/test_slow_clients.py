@@ -5,9 +5,13 @@ Each attack is held for a few seconds past nginx's client timeouts in these test
 and idle connections are closed by nginx during it while the slow ones (a byte a second) are kept.
 """
 
+import select
+import time
+
 import pytest
 
 from tests.production.attacks import Attack, ordinary_calls
+from tests.reliability.helpers import json_of, status_of
 
 WINDOW_SECONDS = 8
 ATTACKS = {
@@ -43,3 +47,14 @@ def test_it_answers_ordinary_callers_during(stack, attack, route):
         assert slow_still_open == ATTACKS[attack].get("slow", 0)
     assert attempted >= 20
     assert share >= 0.95
+
+
+def test_it_limits_the_requests_in_progress_per_client_address(stack):
+    limit = 64  # GRIDNODE_CONNECTIONS_PER_CLIENT's default
+    with Attack(stack.proxied_url, stalled=limit + 6) as held:
+        time.sleep(1)  # the refused ones are answered at once; the held ones wait for the body timeout (3 s)
+        answered = [sock.recv(65536) for sock in held.sockets["stalled"] if select.select([sock], [], [], 0)[0]]
+
+    assert len(answered) == 6
+    assert all(status_of(answer) == 429 for answer in answered)
+    assert json_of(answered[0]) == {"error": "Too many requests at once from this address."}

@@ -6,7 +6,15 @@ import time
 from urllib.parse import urlsplit
 
 from tests.conftest import jit_bytes, small_mlp
-from tests.reliability.helpers import multipart, post_head, post_multipart, receive_answer, request, status_of
+from tests.reliability.helpers import (
+    json_of,
+    multipart,
+    post_head,
+    post_multipart,
+    receive_answer,
+    request,
+    status_of,
+)
 
 # Larger than nginx's in-memory body buffer (1 MiB), so nginx writes it to a temp file.
 FILLER = b"\0" * (3 * 1024 * 1024)
@@ -80,3 +88,15 @@ def test_it_stores_a_whole_upload(stack):
     assert "whole" in model_ids(stack)
     stored = [path for path in (stack.data / "files").rglob("*") if path.is_file()]
     assert len(stored) == 1
+
+
+def test_it_refuses_a_body_over_the_nodes_upload_limit_before_reading_it(stack):
+    over = 4 * 1024**3 + 1  # GRIDNODE_MAX_UPLOAD_BYTES' default, plus one
+    uploads_seen = stack.access_log.read_text().count("/serve-model")
+    with connect(stack) as sock:
+        sock.sendall(post_head("/serve-model", "multipart/form-data; boundary=x", over))
+        answer = receive_answer(sock)
+
+    assert status_of(answer) == 413
+    assert json_of(answer) == {"error": f"The request body is larger than this node accepts ({over - 1} bytes)."}
+    assert stack.access_log.read_text().count("/serve-model") == uploads_seen
