@@ -11,8 +11,8 @@ Starts the node the production way (gunicorn with gunicorn.conf.py, one worker s
 to watch) on a fresh PostgreSQL database, writes a TorchScript model of about SIZE_MIB, streams it up as a
 multipart file part and back down with `Accept: application/octet-stream`, and prints the worker's
 peak RSS growth for each (VmHWM after the transfer, reset through /proc/PID/clear_refs before it, minus
-VmRSS before). Archives over GRIDNODE_INLINE_LOAD_MAX_BYTES are checked in a child process, whose memory
-is the child's, not the worker's: it is printed separately as the child's own figure is not measured.
+VmRSS before). Archives are checked in an inference process (models_app/executor.py), whose memory is
+its own, not the worker's.
 Needs root (clear_refs) and PostgreSQL on 127.0.0.1:5432.
 """
 

@@ -145,9 +145,8 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # gives each inference process its share of the cores (models_app/executor_pool.py).
 GRIDNODE_TORCH_THREADS = env_int("GRIDNODE_TORCH_THREADS", 0)
 
-# Archives up to this size are checked by loading them in the serving process (and kept for the first
-# inference); larger ones are loaded in a child process that exits afterwards, within the timeout.
-GRIDNODE_INLINE_LOAD_MAX_BYTES = env_int("GRIDNODE_INLINE_LOAD_MAX_BYTES", 64 * 1024**2)
+# The longest an archive may take to load and pass its checks, in an inference process (models_app/archives.py
+# load_seconds: 5 s plus a second per 10 MB, up to this).
 GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
 
 # How many loaded models each process keeps in memory.

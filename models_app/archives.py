@@ -27,8 +27,6 @@ import io
 import json
 import pickletools
 import re
-import subprocess
-import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -87,6 +85,8 @@ class LoadedModel:
                 raise MemoryError(_last_line(exc)) from None  # the memory cap, not the caller's data
             raise BadRequest(f"The data does not fit the model: {_last_line(exc)}") from None
         if isinstance(output, list | tuple):
+            if not output:
+                raise BadRequest("The model answered nothing (an empty tuple).")
             return list(output) if all_outputs else output[0]
         return [output] if all_outputs else output
 
@@ -108,6 +108,25 @@ def seekable(stored) -> IO[bytes]:
     if isinstance(inner, io.IOBase) and inner.seekable():
         return inner
     return io.BytesIO(stored.read())
+
+
+def archive_size(path: str | None) -> int:
+    """An archive's size in bytes from its local path; the largest the node accepts when it has none."""
+    from django.conf import settings
+
+    try:
+        return Path(path).stat().st_size if path else settings.GRIDNODE_MAX_MODEL_BYTES
+    except OSError:
+        return settings.GRIDNODE_MAX_MODEL_BYTES
+
+
+def load_seconds(size: int) -> float:
+    """How long loading and checking an archive of `size` bytes may take: 5 s, plus a second per 10 MB,
+    at most GRIDNODE_LOAD_TIMEOUT. Loading is mostly reading weights; a small archive that takes longer
+    is one whose checks blow up (a call tree that doubles at every level, inlined)."""
+    from django.conf import settings
+
+    return min(settings.GRIDNODE_LOAD_TIMEOUT, 5 + size / 10_000_000)
 
 
 def _last_line(exc: Exception) -> str:
@@ -617,40 +636,3 @@ def _load_plan(source: IO[bytes]) -> LoadedModel:
         value = placeholders[name].meta.get("val") if name in placeholders else None
         dtypes.append(getattr(value, "dtype", None))
     return LoadedModel(kind=PLAN, module=program.module(), input_count=len(dtypes), input_dtypes=dtypes)
-
-
-def check_in_child_process(path: Path, kind: str, *, timeout: float) -> None:
-    """Prove an archive loads, in a short-lived child process, so its weights never live in this one.
-
-    Large uploads are checked this way: the serving process stays small, and whatever the archive
-    does while loading happens in a process that exits right after.
-    """
-    command = [sys.executable, "-m", "models_app.archives", str(path), kind, str(unpack_limit())]
-    try:
-        result = subprocess.run(
-            command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        raise BadRequest(f"The archive did not finish loading within {timeout:.0f} seconds.") from None
-    if result.returncode == _REFUSED:
-        raise BadRequest(result.stdout.strip().splitlines()[-1])
-    if result.returncode != 0:
-        raise BadRequest(f"The archive could not be loaded (the loader stopped with code {result.returncode}).")
-
-
-_REFUSED = 3
-
-
-def _check_main(path: str, kind: str, max_unpacked_bytes: str) -> int:
-    """`python -m models_app.archives PATH KIND MAX_UNPACKED_BYTES`: exit 0 when the archive loads, else print why."""
-    try:
-        with open(path, "rb") as source:
-            load_archive(source, kind, max_unpacked_bytes=int(max_unpacked_bytes))
-    except BadRequest as exc:
-        print(exc.message)
-        return _REFUSED
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_check_main(sys.argv[1], sys.argv[2], sys.argv[3]))

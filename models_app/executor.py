@@ -35,7 +35,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from gridnode.errors import GridError, ServiceUnavailable
+from gridnode.errors import BadRequest, GridError, ServiceUnavailable
 
 # The environment variable that names the pool's socket, set by whoever started the pool (gunicorn's
 # master, see gunicorn.conf.py) and inherited by the processes that use it.
@@ -134,12 +134,15 @@ class ModelRef:
     model_id: str
     archive: str  # the storage name: a fresh uuid per upload, so it names one version of the model
     kind: str
+    path: str | None = None  # a file outside storage (an upload being checked)
 
     def as_header(self) -> dict:
-        try:
-            path = default_storage.path(self.archive)
-        except NotImplementedError:  # a storage without local files: the process opens it by name
-            path = None
+        path = self.path
+        if path is None:
+            try:
+                path = default_storage.path(self.archive)
+            except NotImplementedError:  # a storage without local files: the process opens it by name
+                path = None
         return {"id": self.model_id, "archive": self.archive, "kind": self.kind, "path": path}
 
 
@@ -154,6 +157,7 @@ class Outcome:
     error: str | None = None
     fields: dict = field(default_factory=dict)
     ran: bool = True  # whether the model's code started (False: refused before, e.g. the body's form)
+    answered: bool = True  # False: the process ended (killed at a deadline, crashed) before answering
 
     def raise_for_error(self) -> None:
         if self.error is not None:
@@ -200,10 +204,13 @@ def run(op: str, model: ModelRef, body: dict, blobs: list[bytes]) -> Outcome:
     finally:
         connection.close()
     if reply is None:
-        # The process ended without answering: killed at its deadline, or crashed by the model.
+        # The process ended without answering: killed at its deadline, or crashed by the model. (A crash
+        # after a wait in the queue longer than the deadline is reported as the deadline.)
         if time.monotonic() - started >= deadline:
             return _deadline_outcome(deadline)
-        return Outcome(CRASH_STATUS, error="The model stopped the process that ran it before it answered.")
+        return Outcome(
+            CRASH_STATUS, error="The model stopped the process that ran it before it answered.", answered=False
+        )
     pool_cache.record(reply.header.get("cache"))
     return _outcome(reply)
 
@@ -250,6 +257,7 @@ pool_cache = PoolCacheStats()
 def _deadline_outcome(deadline: int) -> Outcome:
     return Outcome(
         DEADLINE_STATUS,
+        answered=False,
         error=f"The model did not finish within this node's limit of {deadline} seconds per inference "
         "(GRIDNODE_INFERENCE_TIMEOUT); it was stopped.",
     )
@@ -335,3 +343,20 @@ def start_pool(address: str) -> subprocess.Popen:
     os.environ[STARTED_VARIABLE] = str(time.time())
     os.environ[ADDRESS_VARIABLE] = address
     return pool
+
+
+def check_archive(path: Path, kind: str) -> None:
+    """Prove an uploaded archive loads and passes every check, in an inference process; a 400 saying why not.
+
+    The process loads it under archives.load_seconds(its size) and a memory bound, and keeps nothing: an
+    archive whose checks blow up (a call tree that doubles at every level) stops that process, not this one.
+    """
+    from models_app.archives import load_seconds
+
+    outcome = run("check", ModelRef(model_id="", archive="", kind=kind, path=str(path)), {}, [])
+    if not outcome.answered:
+        seconds = load_seconds(path.stat().st_size)
+        raise BadRequest(
+            f"The archive did not finish loading within {seconds:.0f} seconds (or it stopped the process)."
+        )
+    outcome.raise_for_error()

@@ -57,14 +57,23 @@ def _data_bytes() -> int:
     return int(fields[5]) * resource.getpagesize()
 
 
+# An inference process's data size once its models are loaded: each inference may allocate
+# GRIDNODE_INFERENCE_MEMORY_BYTES above it (not above what earlier inferences left behind, or the limit
+# would ratchet up request by request), and a process that keeps more than _MAX_RETAINED_BYTES above it
+# after answering is replaced.
+_floor = {"bytes": 0}
+_MAX_RETAINED_BYTES = 256 * 1024**2
+
+
 @contextlib.contextmanager
 def bounded(*, seconds: float, memory_bytes: int):
-    """Kill this process when the block runs past `seconds`; fail its allocations past `memory_bytes` more.
+    """Kill this process when the block runs past `seconds`; fail its allocations past `memory_bytes` above
+    the process's floor (its data size with its models loaded).
 
     The timer's signal keeps its default action, termination, which no model code can catch or delay.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    resource.setrlimit(resource.RLIMIT_DATA, (_data_bytes() + memory_bytes, hard))
+    resource.setrlimit(resource.RLIMIT_DATA, (_floor["bytes"] + memory_bytes, hard))
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
@@ -86,6 +95,7 @@ def serve_connections(listener: socket.socket) -> None:
     # A model's warnings carry text it chose; they are not the operator's log.
     warnings.simplefilter("ignore")
     cache = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
+    _floor["bytes"] = _data_bytes()
     while True:
         connection, _ = listener.accept()
         recycle = False
@@ -125,22 +135,34 @@ def handle(request, cache) -> tuple:
     operation = OPERATIONS.get(header.get("op"))
     stats = {"cache_hit": False, "evictions": cache.evictions, "runs": archives.LoadedModel.runs}
     try:
+        if header.get("op") == "check" and isinstance(model, dict):
+            size = archives.archive_size(model.get("path"))
+            with (
+                bounded(
+                    seconds=archives.load_seconds(size),
+                    memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES,
+                ),
+                open(str(model.get("path")), "rb") as source,
+            ):
+                archives.load_archive(source, str(model.get("kind")))
+            return Frame({"status": 200, "content_type": "", "headers": {}}, [b""]), _retains_too_much()
         if operation is None or not isinstance(model, dict):
             raise GridError("The inference process got a request it does not know.", status=500)
         loaded = cache.get((str(model.get("id")), str(model.get("archive"))))
         stats["cache_hit"] = loaded is not None
         if loaded is None:
+            size = archives.archive_size(model.get("path"))
             with bounded(
-                seconds=settings.GRIDNODE_LOAD_TIMEOUT,
-                memory_bytes=2 * settings.GRIDNODE_MAX_MODEL_BYTES + settings.GRIDNODE_INFERENCE_MEMORY_BYTES,
+                seconds=archives.load_seconds(size), memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES
             ):
                 loaded = _load_model(model, cache)
+            _floor["bytes"] = max(_floor["bytes"], _data_bytes())
         with bounded(
             seconds=settings.GRIDNODE_INFERENCE_TIMEOUT, memory_bytes=settings.GRIDNODE_INFERENCE_MEMORY_BYTES
         ):
             status, content_type, headers, payload = operation(loaded, model["id"], body, request.blobs)
     except GridError as error:
-        return _error_frame(error.status, error.message, error.fields, stats, cache), False
+        return _error_frame(error.status, error.message, error.fields, stats, cache), _retains_too_much()
     except Exception as error:
         if archives.is_out_of_memory(error):
             limit = settings.GRIDNODE_INFERENCE_MEMORY_BYTES
@@ -151,15 +173,24 @@ def handle(request, cache) -> tuple:
             return _error_frame(MEMORY_STATUS, message, {}, stats, cache), True
         if isinstance(error, RecursionError):
             return _error_frame(400, "The data is nested too deeply.", {}, stats, cache), False
+        if archives.LoadedModel.runs != stats["runs"]:
+            # The model ran and answered something this node cannot send (a meta tensor, a complex one).
+            message = f"The model's output cannot be answered ({type(error).__name__})."
+            return _error_frame(400, message, {}, stats, cache), _retains_too_much()
         logger.exception("an inference failed in the inference process")
-        return _error_frame(500, "The inference failed inside the node.", {}, stats, cache), True
+        return _error_frame(500, "The inference failed inside the node.", {}, stats, cache), _retains_too_much()
     reply = {
         "status": status,
         "content_type": content_type,
         "headers": headers,
         **_cache_report(stats, cache),
     }
-    return Frame(reply, [payload]), False
+    return Frame(reply, [payload]), _retains_too_much()
+
+
+def _retains_too_much() -> bool:
+    """Whether this process kept so much of what its inferences allocated that it should be replaced."""
+    return _data_bytes() > _floor["bytes"] + _MAX_RETAINED_BYTES
 
 
 def _error_frame(status: int, message: str, fields: dict, stats: dict, cache):

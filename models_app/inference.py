@@ -115,34 +115,43 @@ def predict(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) 
             if tensor.dim() > 0:
                 batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
         output = loaded.run(inputs, all_outputs=all_outputs)
-        answer_size_check(output)
+        answer_size_check(answer_bytes(output, json_numbers=encoding == JSON))
         rendered = orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default)
-        answer_size_check(rendered)
+        answer_size_check(len(rendered))
     except GridError as exc:
         exc.fields.update(success=False, status=False)
         raise
     return 200, "application/json", {}, rendered
 
 
-def answer_size_check(value) -> None:
-    """A 422 when an answer (tensors before rendering, or the rendered bytes) is over GRIDNODE_MAX_ANSWER_BYTES."""
+# What one number of a tensor may take in a JSON answer ("-1.2345678901234567e-05," is 24): counted before
+# rendering, so a JSON answer past the cap is refused without being built (rendering one several times the
+# cap, orjson asked for more memory than the inference's cap and crashed its process).
+JSON_BYTES_PER_NUMBER = 20
+
+
+def answer_bytes(value, *, json_numbers: bool = False) -> int:
+    """What an answer takes: rendered bytes, or tensors before rendering (their bytes, or
+    JSON_BYTES_PER_NUMBER a number when they will be rendered as JSON)."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, torch.Tensor):
+        return value.numel() * (JSON_BYTES_PER_NUMBER if json_numbers else value.element_size())
+    if isinstance(value, list | tuple):
+        return sum(answer_bytes(item, json_numbers=json_numbers) for item in value)
+    if isinstance(value, dict):
+        return sum(answer_bytes(item, json_numbers=json_numbers) for item in value.values())
+    return 0
+
+
+def answer_size_check(size: int) -> None:
+    """A 422 when an answer of `size` bytes (see `answer_bytes`) is over GRIDNODE_MAX_ANSWER_BYTES."""
     limit = settings.GRIDNODE_MAX_ANSWER_BYTES
-    size = len(value) if isinstance(value, bytes | bytearray) else _tensor_bytes(value)
     if size > limit:
         raise GridError(
             f"The model's answer would be larger than this node sends ({limit} bytes, GRIDNODE_MAX_ANSWER_BYTES).",
             status=ANSWER_TOO_LARGE_STATUS,
         )
-
-
-def _tensor_bytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, list | tuple):
-        return sum(_tensor_bytes(item) for item in value)
-    if isinstance(value, dict):
-        return sum(_tensor_bytes(item) for item in value.values())
-    return 0
 
 
 def batch_check(*, rows: int, what: str) -> None:

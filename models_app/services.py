@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from gridnode.auth import authenticated_or_none
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.uploads import StagedFile, stage_to_disk
-from models_app import archives
+from models_app import archives, executor
 from models_app.archives import LoadedModel
 from models_app.cache import model_cache
 from models_app.executor import ModelRef
@@ -25,13 +25,12 @@ _SUFFIX = {archives.JIT: ".pt", archives.PLAN: ".pt2"}
 
 @dataclass
 class StagedArchive:
-    """An uploaded archive on local disk, checked and loaded, not yet stored under a model id."""
+    """An uploaded archive on local disk, checked, not yet stored under a model id."""
 
     path: Path
     size: int
     sha256: str
     kind: str
-    loaded: LoadedModel | None  # None when the archive was checked in a child process
     owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
 
     def discard(self) -> None:
@@ -40,10 +39,8 @@ class StagedArchive:
 
 
 def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
-    """Check an uploaded archive (a multipart file or decoded bytes) by loading it once.
-
-    Small archives are loaded here; large ones in a child process, so an upload never holds a large
-    model's weights in the serving process. Nothing loaded here runs: inference processes load their own.
+    """Check an uploaded archive (a multipart file or decoded bytes) by loading it once, in an inference
+    process under its bounds (executor.check_archive): the serving process never loads a stranger's model.
     """
     path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
     try:
@@ -57,16 +54,12 @@ def archive_stage(*, upload=None, content: bytes | None = None, model_type: str 
             kind = archives.detect_kind(source)
             if model_type not in (None, "", kind):
                 raise BadRequest(f"'model_type' says {model_type!s:.8} but the archive is a {kind} archive.")
-            if size <= settings.GRIDNODE_INLINE_LOAD_MAX_BYTES:
-                loaded = archives.load_archive(source, kind)
-            else:
-                archives.check_in_child_process(path, kind, timeout=settings.GRIDNODE_LOAD_TIMEOUT)
-                loaded = None
+        executor.check_archive(path, kind)
     except BaseException:
         if owned:
             path.unlink(missing_ok=True)
         raise
-    return StagedArchive(path=path, size=size, sha256=sha256, kind=kind, loaded=loaded, owned=owned)
+    return StagedArchive(path=path, size=size, sha256=sha256, kind=kind, owned=owned)
 
 
 def model_id_available(*, model_id: str) -> None:

@@ -36,7 +36,7 @@ from gridnode.http import FastJSONRenderer, check_object_id
 from gridnode.schema import EXAMPLE_MODEL_ID, errors, id_parameter
 from models_app import executor, services
 from models_app.archives import PLAN, LoadedModel
-from models_app.inference import answer_size_check, batch_check
+from models_app.inference import answer_bytes, answer_size_check, batch_check
 
 SERVER_NAME = "gridnode"
 EXTENSIONS = ["binary_tensor_data"]
@@ -618,7 +618,7 @@ def _infer_answer(model_id: str, body: dict, signature: Signature, outputs: list
         raise BadRequest("'id' must be a string.")
     entries, blobs = [], []
     chosen = _requested_outputs(body, signature, len(outputs))
-    answer_size_check([outputs[position] for position, _, _ in chosen])
+    answer_size_check(sum(answer_bytes(outputs[position], json_numbers=not binary) for position, _, binary in chosen))
     for position, name, binary in chosen:
         tensor = outputs[position]
         if not isinstance(tensor, torch.Tensor):
@@ -641,8 +641,8 @@ def _infer_answer(model_id: str, body: dict, signature: Signature, outputs: list
     result["outputs"] = entries
     header = orjson.dumps(result)
     if not blobs:
-        answer_size_check(header)
+        answer_size_check(len(header))
         return 200, "application/json", {}, header
     payload = b"".join([header, *blobs])
-    answer_size_check(payload)
+    answer_size_check(len(payload))
     return 200, "application/octet-stream", {HEADER_LENGTH: str(len(header))}, payload

@@ -168,8 +168,7 @@ def test_a_raw_pickle_as_model_is_refused(api, tmp_path):
     assert not canary.exists()
 
 
-def test_a_hostile_plan_checked_in_a_child_process_runs_nothing(api, settings, mlp_plan, tmp_path):
-    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = 1
+def test_a_hostile_plan_checked_in_an_inference_process_runs_nothing(api, mlp_plan, tmp_path):
     canary = tmp_path / "canary"
     entries = entries_of(mlp_plan)
     entries[entry(entries, "data/sample_inputs/model.pt")] = torch_saved(WritesCanary(canary))

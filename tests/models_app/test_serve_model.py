@@ -173,9 +173,7 @@ def test_it_refuses_a_torch_save_checkpoint(api, data_dir):
     assert HostedModel.objects.count() == 0
 
 
-@pytest.mark.parametrize("inline_load_max_bytes", [64 * 1024**2, 1], ids=["in-process", "child-process"])
-def test_it_refuses_a_corrupt_jit_archive(api, settings, mlp_jit, data_dir, inline_load_max_bytes):
-    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = inline_load_max_bytes
+def test_it_refuses_a_corrupt_jit_archive(api, mlp_jit, data_dir):
     with zipfile.ZipFile(io.BytesIO(mlp_jit)) as source:
         entries = {name: source.read(name) for name in source.namelist()}
     code = next(name for name in entries if name.endswith("container.py"))
@@ -234,15 +232,8 @@ def test_it_answers_405_for_get(api):
     assert response.json() == {"error": 'Method "GET" not allowed.'}
 
 
-@pytest.fixture
-def child_process_checks(settings):
-    """Treat every archive as large: it is checked by loading it in a child process."""
-    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = 1
-
-
-@pytest.mark.usefixtures("child_process_checks")
 @pytest.mark.parametrize("kind", ["jit", "plan"])
-def test_a_large_archive_is_checked_in_a_child_process(api, mlp_jit, mlp_plan, data_dir, kind):
+def test_an_archive_is_checked_in_an_inference_process_not_this_one(api, mlp_jit, mlp_plan, data_dir, kind):
     from models_app.cache import model_cache
 
     archive = mlp_jit if kind == "jit" else mlp_plan

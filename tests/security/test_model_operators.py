@@ -246,8 +246,7 @@ def test_a_call_that_cannot_be_inlined_is_refused(api, data_dir):
     assert_nothing_stored(data_dir)
 
 
-def test_a_large_jit_model_checked_in_a_child_process_is_refused_the_same_way(api, settings, secret_file, data_dir):
-    settings.GRIDNODE_INLINE_LOAD_MAX_BYTES = 1
+def test_a_jit_model_checked_in_an_inference_process_is_refused_with_the_operator(api, secret_file, data_dir):
 
     response = upload_model(api, jit_bytes(ReadsAFile(secret_file)), allow_remote_inference=True)
 

@@ -1,0 +1,282 @@
+"""What a stranger found attacking a live node over HTTP (one test per confirmed finding).
+
+Every test here starts a gunicorn node as operators do (tests/security/hostile.py) and fails while
+its finding stands. The models are ones anybody may upload while `write` is open (the default).
+"""
+
+import importlib.util
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import jit_bytes
+from tests.reliability.helpers import request
+from tests.security.hostile import Answers, GunicornNode, descendants
+
+DEADLINE = 3  # GRIDNODE_INFERENCE_TIMEOUT of the node under test
+PROCESSES = (os.cpu_count() or 1) + 2  # the default number of inference processes
+CAP = 256 * 1024**2  # GRIDNODE_INFERENCE_MEMORY_BYTES of the capped node
+MLP = [[1.0, 2.0, 3.0, 4.0]]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    started = GunicornNode(tmp_path_factory.mktemp("stranger"), GRIDNODE_INFERENCE_TIMEOUT=str(DEADLINE)).start()
+    assert started.serve("mlp", jit_bytes(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()))[0] == 200
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def capped_node(tmp_path_factory):
+    """One inference process with a 256 MiB memory cap, so what it keeps is easy to see."""
+    started = GunicornNode(
+        tmp_path_factory.mktemp("stranger-capped"),
+        GRIDNODE_INFERENCE_MEMORY_BYTES=str(CAP),
+        GRIDNODE_INFERENCE_PROCESSES="1",
+    ).start()
+    yield started
+    started.stop()
+
+
+def fan_out_archive(tmp_path: Path, depth: int) -> bytes:
+    """A ~3 KB TorchScript archive whose forward calls f0, f(i) calls f(i+1) twice, down to `depth`.
+
+    Its code is a few lines per level; inlined (as models_app.operators walks every method) it is
+    2**depth calls: the walk takes time and memory exponential in `depth`, in the process that loads it.
+    """
+    source = ["import torch", f"def f{depth}(x: torch.Tensor) -> torch.Tensor:", "    return x + 1"]
+    for level in range(depth - 1, -1, -1):
+        source += [f"def f{level}(x: torch.Tensor) -> torch.Tensor:", f"    return f{level + 1}(f{level + 1}(x))"]
+    source += [
+        "class FanOut(torch.nn.Module):",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        "        return f0(x)",
+    ]
+    name = f"fan_out_{depth}_{os.getpid()}_{time.monotonic_ns()}"
+    path = tmp_path / f"{name}.py"
+    path.write_text("\n".join(source) + "\n")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return jit_bytes(module.FanOut())
+
+
+class Grow(torch.nn.Module):
+    """Keeps `x[0]` tensors of 30,000 floats (120 KB each) alive until it answers, then lets them go."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep: list[torch.Tensor] = []
+        for _ in range(int(x[0].item())):
+            keep.append(torch.ones([30000]))
+        return torch.ones([1]) * float(len(keep))
+
+
+class NothingOut(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[()]:
+        return ()
+
+
+def web_workers(node: GunicornNode) -> list[int]:
+    """The gunicorn workers (not the inference processes) of a node."""
+    workers = []
+    for pid in descendants(node.process.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"gunicorn" in command and b"executor_pool" not in command:
+            workers.append(pid)
+    return workers
+
+
+def inference_processes(node: GunicornNode) -> list[int]:
+    """The inference processes (the supervisor's children) of a node."""
+    found = []
+    for pid in descendants(node.process.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"executor_pool" in command and b"executor_pool" in parent_command:
+            found.append(pid)
+    return found
+
+
+def rss(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# --- A 3 KB archive costs the node time and memory exponential in its call depth --------------------
+
+
+def test_a_tiny_archive_whose_checks_blow_up_is_refused_while_the_node_answers(node, tmp_path):
+    """Upload used to load and check small archives in the web worker itself, with no deadline and no
+    memory cap; torch's inlining pass held the GIL meanwhile, so the worker's other threads and its
+    heartbeat stopped too (depth 17 ~9 s, depth 18 30 s and 970 MB, each level ~4x longer). Now the
+    check runs in an inference process, within archives.load_seconds (5 s for a tiny archive)."""
+    archive = fan_out_archive(tmp_path, 17)
+    assert len(archive) < 8192
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upload = pool.submit(node.serve, "fan-out-upload", archive)
+        time.sleep(1)
+        probes = [request(node.url, "GET", "/healthz", timeout=2)[0] for _ in range(5)]
+        answered = node.infer("mlp", MLP, timeout=5)[0]
+        status, body = upload.result(timeout=60)
+
+    assert probes == [200] * 5
+    assert answered == 200
+    assert status == 400, body
+    assert "did not finish loading within 5 seconds" in body["error"]
+
+
+def test_a_model_slow_to_load_does_not_hold_the_inference_queue_past_the_deadline(node, tmp_path):
+    """An inference process loads a model under GRIDNODE_LOAD_TIMEOUT (300 s by default), not the
+    inference deadline; this archive loads slowly everywhere and its process does not survive running
+    it, so nothing stays cached and every request pays the load again. As many such requests as there
+    are inference processes held an innocent caller ~20 s on a node whose deadline is 3 s."""
+    status, _ = node.serve("fan-out-load", fan_out_archive(tmp_path, 17))
+    if status != 200:
+        return  # refused at upload: nothing can load it
+
+    with ThreadPoolExecutor(max_workers=PROCESSES) as pool:
+        slow = [pool.submit(node.infer, "fan-out-load", [float(n)], 120) for n in range(PROCESSES)]
+        time.sleep(1)
+        started = time.monotonic()
+        status, _ = node.infer("mlp", MLP, timeout=120)
+        waited = time.monotonic() - started
+        for future in slow:
+            future.result(timeout=300)
+
+    assert status == 200
+    assert waited < DEADLINE + 5, f"an innocent inference waited {waited:.1f} s behind model loads"
+
+
+# --- Memory a request leaves behind raises the next request's cap ----------------------------------
+
+
+def test_an_inference_process_does_not_keep_more_memory_with_every_request(capped_node):
+    """RLIMIT_DATA is set to what the process holds now plus the cap, and freed heap still counts as
+    held: each request may take the cap again on top of what the last one freed, so one process grew
+    by the cap per request (measured with a 512 MiB cap: 400, 800, ... 2000 MB asked, all answered 200,
+    2.2 GB resident afterwards), without end."""
+    assert capped_node.serve("grow", jit_bytes(Grow()))[0] == 200
+    assert capped_node.infer("grow", [1.0])[0] == 200  # loaded
+    time.sleep(0.5)
+    (process,) = inference_processes(capped_node)
+    base = rss(process)
+
+    statuses = []
+    for megabytes in (200, 400, 600, 800, 1000):
+        statuses.append(capped_node.infer("grow", [float(megabytes * 1024**2 // 120_000)])[0])
+    time.sleep(0.5)
+    held = max(rss(pid) for pid in inference_processes(capped_node))
+
+    assert statuses[-1] == 422, f"1000 MB held at once under a {CAP >> 20} MiB cap: {statuses}"
+    assert held < base + CAP + 128 * 1024**2, f"the process holds {held >> 20} MiB after {statuses}"
+
+
+# --- An answer well under GRIDNODE_MAX_ANSWER_BYTES kills its process --------------------------------
+
+
+@pytest.mark.parametrize("route", ["/model", "/v2"])
+def test_a_json_answer_past_the_cap_is_refused_before_it_is_rendered_and_its_process_lives(node, route):
+    """8 Mi float32 (32 MiB, half of GRIDNODE_MAX_ANSWER_BYTES's 64 MiB) rendered as JSON: orjson, under
+    the 2 GiB RLIMIT_DATA, crashed the process with SIGSEGV (7 Mi elements still worked); the caller got
+    500 'The model stopped the process', and every such request cost a process. As JSON it is ~170 MB,
+    over the cap: it is refused from its size (20 bytes a number) before rendering; a JSON answer within
+    the cap is answered."""
+    node.serve("answers", jit_bytes(Answers()))
+    inputs = [{"name": "input__0", "shape": [1], "datatype": "FP32", "data": [float(8 * 1024**2)]}]
+    for _ in range(2):
+        if route == "/model":
+            status, body = node.infer("answers", [float(8 * 1024**2)], timeout=120)
+        else:
+            status, body = request(node.url, "POST", "/v2/models/answers/infer", {"inputs": inputs}, timeout=120)
+        assert status == 422, body
+        assert "GRIDNODE_MAX_ANSWER_BYTES" in body["error"]
+
+    status, body = node.infer("answers", [float(2 * 1024**2)], timeout=120)  # ~40 MB of JSON
+    assert status == 200
+    assert len(body["prediction"]) == 2 * 1024**2
+
+
+# --- A JSON body is parsed in the web worker, without bound, when Django answers ---------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "head"),
+    [
+        ("/model/mlp?via=django", b'{"data": [[1, 2, 3, 4]], "pad": '),  # any query string skips the fast path
+        ("/model/mlp", b'{"pad": '),  # refused before the model ran: Django parses it again itself
+    ],
+    ids=["query-string", "refused-before-running"],
+)
+def test_a_json_inference_body_is_not_parsed_into_a_web_workers_memory(node, path, head):
+    """The fast path hands the raw body to an inference process (+33 MB for this 30 MiB body), but the
+    Django path parses it in the web worker (orjson into Python floats, then json.dumps again for the
+    inference process), with no memory cap: +470 MB for 30 MiB, ~16x; GRIDNODE_MAX_BODY_BYTES allows
+    512 MiB (~8 GB per request), and most of it stayed in the worker afterwards."""
+    count = 30 * 1024**2 // 4
+    body = head + b"[" + b"0.1," * (count - 1) + b"0.1]}"
+    workers = web_workers(node)
+    before = {pid: rss(pid) for pid in workers}
+    peak = dict(before)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(request, node.url, "POST", path, body, {"Content-Type": "application/json"}, 120)
+        while not answer.done():
+            for pid in workers:
+                peak[pid] = max(peak[pid], rss(pid))
+            time.sleep(0.02)
+        status, _ = answer.result()
+
+    grown = max(peak[pid] - before[pid] for pid in workers)
+    assert status in (200, 400)
+    assert grown < 4 * len(body), f"a {len(body) >> 20} MiB body grew a web worker by {grown >> 20} MiB"
+
+
+# --- The fast path and Django answer one request differently ----------------------------------------
+
+
+def test_the_fast_path_and_django_answer_a_deeply_nested_unused_field_alike(node):
+    """orjson reads 1,000 levels; Django's path re-encodes the body with json.dumps, which stops near
+    Python's recursion limit: the same body was 200 on the fast path and 400 "'data' is nested too
+    deeply." (about a field that is not 'data') through Django."""
+    depth = 1000
+    body = ('{"data": [[1, 2, 3, 4]], "extra": ' + "[" * depth + "]" * depth + "}").encode()
+    headers = {"Content-Type": "application/json"}
+
+    fast = request(node.url, "POST", "/model/mlp", body, headers)
+    django = request(node.url, "POST", "/model/mlp?via=django", body, headers)
+
+    assert fast[0] == django[0], (fast, django)
+
+
+# --- A model whose output is empty -------------------------------------------------------------------
+
+
+def test_a_model_that_answers_nothing_is_a_400_and_keeps_its_process(node):
+    """`output[0]` on an empty tuple raised IndexError outside the model's try: 500 "The inference failed
+    inside the node.", a logged traceback, and the process recycled (its loaded models lost), on every
+    request (all_outputs=true answered 200 [] meanwhile)."""
+    assert node.serve("nothing", jit_bytes(NothingOut()))[0] == 200
+
+    status, body = node.infer("nothing", [1.0])
+
+    assert status == 400, body
+    assert body["success"] is False
