@@ -213,6 +213,12 @@ def _v2_infer(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]
     return v2.infer_answer(loaded, model_id, body, blobs)
 
 
+def _v2_metadata(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
+    from models_app import v2
+
+    return v2.metadata_answer(loaded, model_id, body, blobs)
+
+
 # What an inference process can be asked to do (models_app/executor_pool.py): name -> function of the
 # loaded model, its id, the request's body and blobs, answering (status, content type, headers, payload).
-OPERATIONS = {"predict": predict, "v2_infer": _v2_infer}
+OPERATIONS = {"predict": predict, "v2_infer": _v2_infer, "v2_metadata": _v2_metadata}

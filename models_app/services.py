@@ -13,8 +13,6 @@ from gridnode.auth import authenticated_or_none
 from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from gridnode.uploads import StagedFile, stage_to_disk
 from models_app import archives, executor
-from models_app.archives import LoadedModel
-from models_app.cache import model_cache
 from models_app.executor import ModelRef
 from models_app.models import HostedModel
 
@@ -115,7 +113,6 @@ def model_delete(*, model_id: str) -> None:
         deleted, _ = HostedModel.objects.filter(model_id=model_id).delete()
     if not deleted:
         raise NotFound("Model not found!")
-    model_cache.discard(model_id)
 
 
 def model_ids() -> list[str]:
@@ -161,26 +158,6 @@ def model_for_inference(*, model_id: str) -> ModelRef:
     if not allowed:
         raise Forbidden(NOT_ALLOWED_TO_INFER)
     return ModelRef(model_id=model_id, archive=name, kind=kind)
-
-
-def model_for_metadata(*, model_id: str) -> LoadedModel:
-    """The loaded model behind an id whose owner allows remote inference, for what its archive declares.
-
-    Used by the Open Inference Protocol's metadata and readiness answers, which read the model's
-    signature and never run it; loaded in this process's cache.
-    """
-    model = model_for_inference(model_id=model_id)
-    key = (model_id, model.archive)
-    loaded = model_cache.get(key)
-    if loaded is None:
-        try:
-            with default_storage.open(model.archive, "rb") as stored:
-                loaded = archives.load_archive(archives.seekable(stored), model.kind)
-        except FileNotFoundError:
-            # Deleted between the query and the read: as if the query had come a moment later.
-            raise NotFound("Model not found.") from None
-        model_cache.put(key, loaded)
-    return loaded
 
 
 def model_archive_names() -> dict[str, str]:

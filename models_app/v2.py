@@ -335,17 +335,7 @@ class OpenInferenceViewSet(viewsets.ViewSet):
     @requires(READ)
     def model_metadata(self, request, model_id, version=None):
         """GET /v2/models/<id>: platform, versions, and the inputs and outputs the archive records."""
-        loaded = _runnable_model(model_id, version)
-        signature = model_signature(loaded)
-        return Response(
-            {
-                "name": model_id,
-                "versions": [MODEL_VERSION],
-                "platform": PLATFORMS[loaded.kind],
-                "inputs": [spec.as_json() for spec in signature.inputs],
-                "outputs": [spec.as_json() for spec in signature.outputs],
-            }
-        )
+        return Response(orjson.Fragment(_described(model_id, version)))
 
     @extend_schema(
         operation_id="v2_model_ready",
@@ -364,7 +354,7 @@ class OpenInferenceViewSet(viewsets.ViewSet):
     @requires(READ)
     def model_ready(self, request, model_id, version=None):
         """GET /v2/models/<id>/ready: 200 once the model is loaded (this loads it, warming the cache)."""
-        _runnable_model(model_id, version)
+        _described(model_id, version)
         return Response({"name": model_id, "ready": True})
 
     @extend_schema(
@@ -422,11 +412,26 @@ def _check_version(version: str | None) -> None:
         raise NotFound(f"Model version not found: hosted models have the one version {MODEL_VERSION}.")
 
 
-def _runnable_model(model_id: str, version: str | None) -> LoadedModel:
-    """The loaded model behind an id (and version), under the inference permission, for its signature."""
-    loaded = services.model_for_metadata(model_id=check_object_id(model_id, "model_id"))
+def _described(model_id: str, version: str | None) -> bytes:
+    """The model's metadata (JSON), from an inference process that loads it (and keeps it for inference)."""
+    model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
     _check_version(version)
-    return loaded
+    outcome = executor.run("v2_metadata", model, {}, [])
+    outcome.raise_for_error()
+    return outcome.payload
+
+
+def metadata_answer(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
+    """In an inference process: platform, versions, and the inputs and outputs the archive records."""
+    signature = model_signature(loaded)
+    metadata = {
+        "name": model_id,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORMS[loaded.kind],
+        "inputs": [spec.as_json() for spec in signature.inputs],
+        "outputs": [spec.as_json() for spec in signature.outputs],
+    }
+    return 200, "application/json", {}, orjson.dumps(metadata)
 
 
 def _read_request(raw: bytes, content_encoding: str | None, header_length: str | None) -> tuple[dict, memoryview]:

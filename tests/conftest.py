@@ -7,8 +7,6 @@ import pytest
 import torch
 from rest_framework.test import APIClient
 
-from models_app.cache import model_cache
-
 # The test process's own pool of inference processes (models_app/executor.py) has one process, so that
 # which process loaded which model is not left to chance; tests of the pool itself start their own nodes.
 os.environ.setdefault("GRIDNODE_INFERENCE_PROCESSES", "1")
@@ -20,9 +18,7 @@ def data_dir(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "files"
     settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "tmp"
     settings.FILE_UPLOAD_TEMP_DIR.mkdir()
-    model_cache.clear()
-    yield tmp_path
-    model_cache.clear()
+    return tmp_path
 
 
 @pytest.fixture

@@ -2,19 +2,21 @@
 
 import pytest
 
-from models_app.cache import model_cache
+from models_app.executor import pool_cache
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("path", ["/v2/models/{}/ready", "/v2/models/{}/ready/", "/v2/models/{}/versions/1/ready"])
 def test_it_is_200_and_loads_the_model(api, mlp_models, path):
-    model_cache.clear()
     response = api.get(path.format("mlp-plan"))
+    misses = pool_cache.misses
 
     assert response.status_code == 200
     assert response.json() == {"name": "mlp-plan", "ready": True}
-    assert len(model_cache) == 1  # loaded now, so the first inference finds it
+    inference = {"inputs": [{"name": "input__0", "shape": [2, 4], "datatype": "FP32", "data": [0.0] * 8}]}
+    assert api.post("/v2/models/mlp-plan/infer", inference, format="json").status_code == 200
+    assert pool_cache.misses == misses  # the inference process that loaded it answered the inference
 
 
 def test_it_is_404_for_an_unknown_model(api):

@@ -2,7 +2,6 @@
 
 import pytest
 
-from models_app.cache import model_cache
 from models_app.models import HostedModel
 
 
@@ -19,7 +18,6 @@ def test_it_deletes_the_model_and_its_archive(api, serve, mlp_jit, data_dir, pat
     assert response.json() == {"success": True, "message": "Model deleted with success!"}
     assert not HostedModel.objects.filter(model_id="gone").exists()
     assert not archive.exists()
-    assert len(model_cache) == 0
 
 
 @pytest.mark.django_db
