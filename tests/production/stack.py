@@ -9,7 +9,6 @@ address would not be.
 
 import http.client
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,8 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"Listening at: .*http://127\.0\.0\.1:(\d+)")
+from tests.servers import REPO, start_gunicorn
 
 
 def nginx_binary() -> str | None:
@@ -93,23 +91,9 @@ class ProductionStack:
         with open(conf, "w") as output:
             render = [python, "deploy/render_nginx_conf.py", str(self.run), f"unix:{socket_path}"]
             subprocess.run(render, cwd=REPO, env=env, check=True, stdout=output)
-        with open(self.gunicorn_log, "wb") as output:
-            self.gunicorn = subprocess.Popen(
-                [python, "-m", "gunicorn", "gridnode.wsgi", "--no-control-socket"]
-                + ["--bind", f"unix:{socket_path}", "--bind", "127.0.0.1:0"],
-                cwd=REPO,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        until = time.monotonic() + 120
-        while time.monotonic() < until and not self.direct_url:
-            assert self.gunicorn.poll() is None, self.gunicorn_log.read_text()
-            if found := LISTENING.search(self.gunicorn_log.read_text()):
-                self.direct_url = f"http://127.0.0.1:{found.group(1)}"
-            time.sleep(0.1)
-        assert self.direct_url, self.gunicorn_log.read_text()
+        self.gunicorn, self.direct_url = start_gunicorn(
+            env, self.gunicorn_log, "--bind", f"unix:{socket_path}", "--bind", "127.0.0.1:0"
+        )
         with open(self.nginx_log, "wb") as output:
             self.nginx = subprocess.Popen(
                 [nginx, "-e", "stderr", "-c", str(conf), "-g", "daemon off;"],

@@ -17,10 +17,7 @@ from pathlib import Path
 import torch
 
 from tests.reliability.helpers import post_multipart, request
-
-REPO = Path(__file__).resolve().parents[2]
-
-LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+from tests.servers import REPO, start_gunicorn
 
 
 class Endless(torch.nn.Module):
@@ -106,22 +103,7 @@ class GunicornNode:
         )
         if migrate:
             subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True, timeout=300)
-        with open(self.log, "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "gridnode.wsgi", "--no-control-socket"],
-                cwd=REPO,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        until = time.monotonic() + 120
-        while time.monotonic() < until and not self.url:
-            assert self.process.poll() is None, self.log.read_text()
-            if found := LISTENING.search(self.log.read_text()):
-                self.url = f"http://127.0.0.1:{found.group(1)}"
-            time.sleep(0.1)
-        assert self.url, self.log.read_text()
+        self.process, self.url = start_gunicorn(env, self.log)
         return self
 
     def stop(self) -> None:
