@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import codecs
 import re
 
 import orjson
@@ -65,6 +66,34 @@ class BoundedMultiPartParser(MultiPartParser):
                 f"The upload is larger than this node accepts ({settings.GRIDNODE_MAX_UPLOAD_BYTES} bytes)."
             )
         return super().parse(stream, media_type, parser_context)
+
+
+def _json_escape(error: UnicodeEncodeError) -> tuple[str, int]:
+    """A codec error handler: each character past ASCII as JSON's \\uXXXX (a surrogate pair past U+FFFF)."""
+    escaped = []
+    for char in error.object[error.start : error.end]:
+        point = ord(char)
+        if point > 0xFFFF:
+            point -= 0x10000
+            escaped.append(f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}")
+        else:
+            escaped.append(f"\\u{point:04x}")
+    return "".join(escaped), error.end
+
+
+codecs.register_error("gridnode.json_escape", _json_escape)
+
+
+def ascii_json(rendered: bytes) -> bytes:
+    """UTF-8 JSON with every character past ASCII escaped (`\\u00e9`): the same JSON, read right whatever
+    charset the client decodes it with (the 2019 PyGrid client read answers as ISO-8859-1).
+
+    ASCII JSON (numbers, plain text) comes back as it is. Outside strings JSON has only ASCII, so only
+    characters inside strings are escaped.
+    """
+    if rendered.isascii():
+        return rendered
+    return rendered.decode("utf-8").encode("ascii", "gridnode.json_escape")
 
 
 def body_field(data, name: str):

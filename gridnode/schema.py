@@ -59,7 +59,14 @@ EXAMPLE_DATASET_ID = "demo-rows"
 EXAMPLE_ENCRYPTED_MODEL_ID = "shared"
 
 # Paths that are older clients' spellings of a seed route (api.md: "Paths").
-ALIASES = {"/delete_model": "/delete-model", "/models/{model_id}": "/model/{model_id}"}
+ALIASES = {
+    "/delete_model": "/delete-model",
+    "/models/{model_id}": "/model/{model_id}",
+    "/data_centric/serve-model": "/serve-model",
+    "/data-centric/serve-model": "/serve-model",
+}
+# Operation id suffixes where one seed route has more than one alias (the rest take `_alias`).
+_ALIAS_SUFFIXES = {"/data_centric/serve-model": "_data_centric", "/data-centric/serve-model": "_data_centric_dash"}
 
 
 def errors(*codes: int, schema: dict = ERROR_REF, **descriptions: str) -> dict:
@@ -149,7 +156,8 @@ class GridAutoSchema(AutoSchema):
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
         seed_path = ALIASES.get(path.rstrip("/"))
         if operation and seed_path:
-            operation["operationId"] = f"{operation['operationId']}_alias"
+            suffix = _ALIAS_SUFFIXES.get(path.rstrip("/"), "_alias")
+            operation["operationId"] = f"{operation['operationId']}{suffix}"
             operation["description"] = f"An older clients' spelling of {seed_path}, served the same way."
         return operation
 

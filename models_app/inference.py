@@ -20,6 +20,7 @@ from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
     JSON,
     LATIN1,
+    ascii_json,
     body_field,
     check_object_id,
     decode_text,
@@ -116,7 +117,9 @@ def predict(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) 
                 batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
         output = loaded.run(inputs, all_outputs=all_outputs)
         answer_size_check(answer_bytes(output, json_numbers=encoding == JSON))
-        rendered = orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default)
+        # ASCII-escaped: torch.save bytes as ISO-8859-1 text read right whatever charset the client decodes
+        # the answer in (JSON numbers are ASCII already, and come back as orjson renders them).
+        rendered = ascii_json(orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default))
         answer_size_check(len(rendered))
     except GridError as exc:
         exc.fields.update(success=False, status=False)

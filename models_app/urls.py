@@ -15,6 +15,9 @@ infer = HostedModelViewSet.as_view({"post": "infer"})
 
 urlpatterns = [
     re_path(r"^serve-model/?$", serve, name="serve-model"),
+    # PySyft 0.2.8-0.2.9's DataCentricFLClient, and its later spelling.
+    re_path(r"^data_centric/serve-model/?$", serve, name="serve-model-data-centric"),
+    re_path(r"^data-centric/serve-model/?$", serve, name="serve-model-data-centric-dash"),
     re_path(r"^delete-model/?$", delete, name="delete-model"),
     re_path(r"^delete_model/?$", delete, name="delete-model-alias"),
     re_path(r"^models/?$", listing, name="models"),

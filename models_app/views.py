@@ -1,12 +1,16 @@
 """The seed's model endpoints: parse the request, call a service, answer in the contract's shape."""
 
+import codecs
+import json
+
+import orjson
 from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
-from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, requires
+from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, declared_group, requires
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import (
     LATIN1,
@@ -105,8 +109,10 @@ _NOT_SUCCESS = error_with(success=False)
 # (HostedModelViewSet.get_renderers); any other value is a 404.
 _MODEL_OR_FORMAT = "No model with this id, or an unknown ?format= (only json is known)."
 _MODEL_OR_DOWNLOAD_FORMAT = "No model with this id, or an unknown ?format= (json and bin are known)."
-_UNKNOWN_FORMAT = errors(404, e404="An unknown ?format= (only json is known).")
 _NOT_SUCCESS_NOR_STATUS = error_with(success=False, status=False)
+# A chunked body is refused before Django (gridnode.uploads), in the plain error shape.
+_CHUNKED = errors(411)
+_UNKNOWN_FORMAT_NOT_SUCCESS = errors(404, schema=_NOT_SUCCESS, e404="An unknown ?format= (only json is known).")
 
 
 class HostedModelViewSet(viewsets.ViewSet):
@@ -115,6 +121,14 @@ class HostedModelViewSet(viewsets.ViewSet):
     # Both are declared so that every answer says `Vary: Accept` (DRF adds it for more than one renderer
     # class, and the inference fast path's answer carries it too); get_renderers narrows them per action.
     renderer_classes = [FastJSONRenderer, ArchiveRenderer]
+
+    def handle_exception(self, exc):
+        """Every error answer of the model endpoints carries `"success": false` (and the inference endpoint's
+        `"status": false`) beside the seed's `error`: the 2019 PyGrid client reads `success` before `error`."""
+        response = super().handle_exception(exc)
+        if response.status_code >= 400 and response.get("Content-Type", "").startswith("application/json"):
+            _add_error_fields(response, {"success": False, **declared_group(self, self.request.method)[1]})
+        return response
 
     def get_renderers(self):
         """JSON on every action; the raw archive as well only where an archive is answered (the download).
@@ -133,8 +147,9 @@ class HostedModelViewSet(viewsets.ViewSet):
         request=json_form_and_multipart(_SERVE_BODY, files=("model",)),
         responses={
             200: _message("Model saved with id: <id>"),
-            **errors(400, 401, 409, 411, 413, 415),
-            **_UNKNOWN_FORMAT,
+            **errors(400, 401, 409, 413, 415, schema=_NOT_SUCCESS),
+            **_CHUNKED,
+            **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
     @requires(WRITE)
@@ -153,7 +168,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             raise BadRequest("'model' is required.")
         services.model_id_available(model_id=model_id)
         if is_upload(model):
-            staged = services.archive_stage(upload=model, model_type=model_type)
+            staged = _stage_file_part(model, encoding=body_field(data, "encoding"), model_type=model_type)
         elif isinstance(model, str):
             encoding = parse_encoding(body_field(data, "encoding"), allow_json=False)
             if not encoding:
@@ -177,7 +192,8 @@ class HostedModelViewSet(viewsets.ViewSet):
         request=json_form_and_multipart(_DELETE_BODY),
         responses={
             200: _message("Model deleted with success!"),
-            **errors(400, 401, 404, 411, 413, 415, e404=_MODEL_OR_FORMAT),
+            **errors(400, 401, 404, 413, 415, schema=_NOT_SUCCESS, e404=_MODEL_OR_FORMAT),
+            **_CHUNKED,
         },
     )
     @requires(WRITE)
@@ -200,8 +216,8 @@ class HostedModelViewSet(viewsets.ViewSet):
                 },
                 "required": ["success", "models"],
             },
-            **errors(401),
-            **_UNKNOWN_FORMAT,
+            **errors(401, schema=_NOT_SUCCESS),
+            **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
     @requires(READ)
@@ -221,7 +237,7 @@ class HostedModelViewSet(viewsets.ViewSet):
                 "required": ["success"],
             },
             **errors(400, 401, 403, schema=_NOT_SUCCESS),
-            **errors(404, e404=f"{_MODEL_OR_FORMAT} The model's 404 adds success: false."),
+            **errors(404, schema=_NOT_SUCCESS, e404=_MODEL_OR_FORMAT),
         },
     )
     @requires(READ, success=False)
@@ -260,7 +276,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             (200, "application/octet-stream"): OpenApiResponse(
                 {"type": "string", "format": "binary"}, description="The archive's exact bytes."
             ),
-            **errors(400, 401, 403, 404, e404=_MODEL_OR_DOWNLOAD_FORMAT),
+            **errors(400, 401, 403, 404, schema=_NOT_SUCCESS, e404=_MODEL_OR_DOWNLOAD_FORMAT),
         },
     )
     @requires(DOWNLOAD)
@@ -279,7 +295,9 @@ class HostedModelViewSet(viewsets.ViewSet):
         encoding = parse_encoding(request.query_params.get("encoding") or LATIN1, allow_json=False)
         with hosted.archive.open("rb") as stored:
             raw = stored.read()
-        return Response({"serialized_model": encode_bytes(raw, encoding)})
+        # ASCII-escaped (`\u00e9`), as the old node's json.dumps answered: the 2019 client decodes the answer
+        # as ISO-8859-1, and raw UTF-8 came back to it as a corrupt archive.
+        return Response({"serialized_model": orjson.Fragment(json.dumps(encode_bytes(raw, encoding)).encode())})
 
     @extend_schema(
         operation_id="run_inference",
@@ -297,11 +315,10 @@ class HostedModelViewSet(viewsets.ViewSet):
         ],
         responses={
             200: _PREDICTION,
-            **errors(401, 403, schema=_NOT_SUCCESS_NOR_STATUS),
-            # What the view itself refuses adds success and status false; a body DRF cannot parse, an unknown
-            # ?format= and the body limits answer the plain shape.
-            **errors(400, 411, 413, 415),
-            **errors(404, e404=f"{_MODEL_OR_FORMAT} The model's 404 adds success and status false."),
+            # Every error the view answers adds success and status false (HostedModelViewSet.handle_exception).
+            **errors(400, 401, 403, 413, 415, schema=_NOT_SUCCESS_NOR_STATUS),
+            **_CHUNKED,
+            **errors(404, schema=_NOT_SUCCESS_NOR_STATUS, e404=_MODEL_OR_FORMAT),
         },
     )
     @requires(INFERENCE, success=False, status=False)
@@ -314,9 +331,57 @@ class HostedModelViewSet(viewsets.ViewSet):
         return Response(inference.answer(model_id=model_id, body=lambda: _inference_body(request), ran=ran))
 
 
+def _stage_file_part(upload, *, encoding, model_type: str | None) -> services.StagedArchive:
+    """A multipart file part as an archive; with `encoding=ISO-8859-1` beside it, when it is not an archive
+    as sent, as the UTF-8 encoding of the archive's latin-1 text.
+
+    The 2019 PyGrid client sent models over 100 MB that way (a MultipartEncoder part holding the latin-1
+    text, which it encodes as UTF-8) and its node decoded it back. The part is transcoded while it is
+    staged, chunk by chunk, never held whole; the part's own size limit and the model limit stay.
+    """
+    try:
+        return services.archive_stage(upload=upload, model_type=model_type)
+    except BadRequest:
+        if not encoding or parse_encoding(encoding, allow_json=False) != LATIN1:
+            raise
+        try:
+            return services.archive_stage(upload=_Utf8OfLatin1(upload), model_type=model_type)
+        except (BadRequest, UnicodeError):
+            pass
+        raise  # the refusal of the part as sent
+
+
+class _Utf8OfLatin1:
+    """A file part read as UTF-8 text and encoded as ISO-8859-1, in chunks (see `_stage_file_part`)."""
+
+    def __init__(self, upload):
+        self.upload = upload
+
+    def chunks(self):
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        for chunk in self.upload.chunks():
+            yield decoder.decode(chunk).encode("latin-1")
+        yield decoder.decode(b"", final=True).encode("latin-1")
+
+
 def _inference_body(request) -> tuple[dict, list[bytes]]:
     """The request's data for the inference process: a JSON body as it came (the process parses it, under
     its memory cap, never this one), any other body as DRF parsed it."""
     if request.content_type.split(";", 1)[0].strip().lower() == "application/json":
         return inference.json_body(request._request.body, charset=request._request.encoding)
     return inference.form_body(request.data)
+
+
+def _add_error_fields(response, fields: dict) -> None:
+    """Put the keys in `fields` that an error body lacks in front of it (its `error` text unchanged)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return
+    if not isinstance(body, dict) or "error" not in body:
+        return
+    missing = {key: value for key, value in fields.items() if key not in body}
+    if missing:
+        response.content = json.dumps({**missing, **body}).encode()
+        if response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))

@@ -1,5 +1,7 @@
 """Encrypted-model registrations and the seed's /search-encrypted-models: parse, call a service, answer."""
 
+import json
+
 from django.http import QueryDict
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
@@ -161,13 +163,27 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(READ)
     def search(self, request):
         """POST /search-encrypted-models: the worker and crypto-provider URLs of a model, in order."""
-        try:
-            data = request.data
-        except (exceptions.ParseError, exceptions.UnsupportedMediaType):
-            # The contract has one answer for every body that is not what it asks for.
-            raise BadRequest(INVALID_PAYLOAD) from None
+        data = _search_body(request)
         model_id = data.get("model_id") if isinstance(data, dict) else None
         if not isinstance(model_id, str):
             raise BadRequest(INVALID_PAYLOAD)
         nodes = services.encrypted_model_nodes(model_id=model_id)
         return Response({"workers": nodes.workers, "crypto_provider": nodes.crypto_provider})
+
+
+# Bodies DRF parses as forms; every other body (JSON, or no Content-Type at all) is read as JSON.
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _search_body(request):
+    """The parsed search body: a form as DRF parses it, anything else as JSON whatever its Content-Type.
+
+    Grid gateways forward this body raw with no Content-Type (requests' `data=`), as for /search.
+    """
+    try:
+        if request.content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES:
+            return request.data
+        return json.loads(request.body)
+    except (exceptions.ParseError, exceptions.UnsupportedMediaType, ValueError, RecursionError):
+        # The contract has one answer for every body that is not what it asks for.
+        raise BadRequest(INVALID_PAYLOAD) from None

@@ -39,7 +39,7 @@ def test_the_500_handler_answers_json():
 def test_wrong_methods_are_json_405s_with_allow(api):
     response = api.get("/delete-model")
     assert response.status_code == 405
-    assert response.json() == {"error": 'Method "GET" not allowed.'}
+    assert response.json() == {"success": False, "error": 'Method "GET" not allowed.'}
     assert "POST" in response["Allow"]
 
 

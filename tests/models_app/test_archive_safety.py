@@ -60,7 +60,10 @@ def test_a_plan_with_pickled_sample_inputs_is_refused_without_running_them(api, 
     response = upload(api, zip_of(entries))
 
     assert response.status_code == 400
-    assert response.json() == {"error": "The torch.export archive's sample inputs are not plain tensors."}
+    assert response.json() == {
+        "success": False,
+        "error": "The torch.export archive's sample inputs are not plain tensors.",
+    }
     assert not canary.exists()
     assert HostedModel.objects.count() == 0
 
@@ -137,7 +140,7 @@ def test_a_jit_archive_with_a_foreign_global_is_refused_before_loading(api, mlp_
     response = upload(api, zip_of(entries))
 
     assert response.status_code == 400
-    assert response.json() == {"error": message}
+    assert response.json() == {"success": False, "error": message}
     assert not canary.exists()
     assert HostedModel.objects.count() == 0
 
@@ -149,7 +152,7 @@ def test_a_jit_archive_with_an_unreadable_pickle_is_refused(api, mlp_jit):
     response = upload(api, zip_of(entries))
 
     assert response.status_code == 400
-    assert response.json() == {"error": "The TorchScript archive holds a pickle that cannot be read."}
+    assert response.json() == {"success": False, "error": "The TorchScript archive holds a pickle that cannot be read."}
 
 
 def test_a_jit_archive_saved_by_torch_passes_the_pickle_check(api, mlp_jit):
@@ -176,5 +179,8 @@ def test_a_hostile_plan_checked_in_an_inference_process_runs_nothing(api, mlp_pl
     response = upload(api, zip_of(entries))
 
     assert response.status_code == 400
-    assert response.json() == {"error": "The torch.export archive's sample inputs are not plain tensors."}
+    assert response.json() == {
+        "success": False,
+        "error": "The torch.export archive's sample inputs are not plain tensors.",
+    }
     assert not canary.exists()

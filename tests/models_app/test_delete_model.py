@@ -34,7 +34,7 @@ def test_it_answers_404_for_an_unknown_model(api, serve, mlp_jit):
     response = api.post("/delete-model", {"model_id": "missing"}, format="json")
 
     assert response.status_code == 404
-    assert response.json() == {"error": "Model not found!"}
+    assert response.json() == {"success": False, "error": "Model not found!"}
     assert HostedModel.objects.filter(model_id="kept").exists()
 
 

@@ -122,7 +122,8 @@ def test_the_node_refuses_what_json_cannot_satisfy_in_the_one_error_shape(node, 
 
     assert code == status
     assert headers["content-type"] == "application/json"
-    assert set(json.loads(content)) == {"error"}
+    # The one error shape, with the model endpoints' "success": false (and the inference's "status": false).
+    assert json.loads(content) == {"success": False, "status": False, "error": json.loads(content)["error"]}
 
 
 @pytest.mark.parametrize("accept", ["application/json;q=0.5", "text/html,*/*;q=0.1", "application/json; indent=4"])
@@ -161,7 +162,8 @@ def test_format_bin_is_an_unknown_format_everywhere_but_the_download(api, node, 
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
-    assert response.json() == {"error": "Not found."}
+    assert response.json()["error"] == "Not found."
+    assert response.json()["success"] is False
 
 
 @pytest.mark.parametrize(("method", "path", "body"), OTHER_ACTIONS)
@@ -170,7 +172,8 @@ def test_octet_stream_is_not_acceptable_everywhere_but_the_download(api, node, m
 
     assert response.status_code == 406
     assert response["Content-Type"] == "application/json"
-    assert response.json() == {"error": "Could not satisfy the request Accept header."}
+    assert response.json()["error"] == "Could not satisfy the request Accept header."
+    assert response.json()["success"] is False
 
 
 def test_nothing_was_deleted_or_served_by_the_refused_requests(api, node):

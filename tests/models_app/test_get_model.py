@@ -48,14 +48,14 @@ def test_it_answers_403_when_downloads_are_not_allowed(api, serve, mlp_jit):
     for accept in ["application/json", "application/octet-stream"]:
         response = api.get("/get_model/closed", HTTP_ACCEPT=accept)
         assert response.status_code == 403
-        assert response.json() == {"error": "You're not allowed to download this model."}
+        assert response.json() == {"success": False, "error": "You're not allowed to download this model."}
 
 
 def test_it_answers_404_for_an_unknown_model(api):
     response = api.get("/get_model/missing")
 
     assert response.status_code == 404
-    assert response.json() == {"error": "Model not found."}
+    assert response.json() == {"success": False, "error": "Model not found."}
 
 
 def test_it_answers_400_for_an_unknown_encoding(api, serve, mlp_jit):

@@ -92,7 +92,7 @@ def test_it_refuses_a_duplicate_id_and_keeps_the_first_model(api, serve, mlp_jit
     response = api.post("/serve-model", body, format="json")
 
     assert response.status_code == 409
-    assert response.json() == {"error": "Model with id: dup already exists."}
+    assert response.json() == {"success": False, "error": "Model with id: dup already exists."}
     hosted = HostedModel.objects.get(model_id="dup")
     assert hosted.kind == "jit"
     assert hosted.archive.read() == mlp_jit
@@ -169,7 +169,10 @@ def test_it_refuses_a_torch_save_checkpoint(api, data_dir):
     response = api.post("/serve-model", body, format="json")
 
     assert response.status_code == 400
-    assert response.json() == {"error": "The zip file is neither a TorchScript archive nor a torch.export archive."}
+    assert response.json() == {
+        "success": False,
+        "error": "The zip file is neither a TorchScript archive nor a torch.export archive.",
+    }
     assert HostedModel.objects.count() == 0
 
 
@@ -211,13 +214,16 @@ def test_it_answers_413_for_a_body_over_the_limit(api, settings, mlp_jit):
 def test_it_answers_400_for_a_body_that_is_not_json(api):
     response = api.post("/serve-model", b"{not json", content_type="application/json")
     assert response.status_code == 400
-    assert response.json() == {"error": "The request body could not be parsed as its Content-Type says."}
+    assert response.json() == {
+        "success": False,
+        "error": "The request body could not be parsed as its Content-Type says.",
+    }
 
 
 def test_it_answers_400_for_a_json_body_that_is_not_an_object(api):
     response = api.post("/serve-model", [1, 2], format="json")
     assert response.status_code == 400
-    assert response.json() == {"error": "The request body must be a JSON object or a form."}
+    assert response.json() == {"success": False, "error": "The request body must be a JSON object or a form."}
 
 
 def test_it_answers_415_for_an_unknown_content_type(api):
@@ -229,7 +235,7 @@ def test_it_answers_415_for_an_unknown_content_type(api):
 def test_it_answers_405_for_get(api):
     response = api.get("/serve-model")
     assert response.status_code == 405
-    assert response.json() == {"error": 'Method "GET" not allowed.'}
+    assert response.json() == {"success": False, "error": 'Method "GET" not allowed.'}
 
 
 @pytest.mark.parametrize("kind", ["jit", "plan"])
