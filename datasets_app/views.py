@@ -2,6 +2,7 @@
 
 import json
 
+import orjson
 from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import pagination, status, viewsets
@@ -210,7 +211,10 @@ class DatasetViewSet(viewsets.GenericViewSet):
             raise BadRequest("'format' must be json, or left out for torch.save bytes.")
         encoding = parse_encoding(request.query_params.get("encoding") or LATIN1, allow_json=False)
         raw = services.dataset_bytes(dataset=dataset)
-        return Response({"encoding": encoding, "data": encode_bytes(raw, encoding)})
+        # ASCII-escaped (`\u00e9`): read right whatever charset the client decodes the answer in (api.md).
+        return Response(
+            {"encoding": encoding, "data": orjson.Fragment(json.dumps(encode_bytes(raw, encoding)).encode())}
+        )
 
     @extend_schema(
         operation_id="delete_dataset",

@@ -127,6 +127,7 @@ class HostedModelViewSet(viewsets.ViewSet):
         `"status": false`) beside the seed's `error`: the 2019 PyGrid client reads `success` before `error`."""
         response = super().handle_exception(exc)
         if response.status_code >= 400 and response.get("Content-Type", "").startswith("application/json"):
+            # The fields each action declares (`requires`); an undeclared handler (a 405) takes success alone.
             _add_error_fields(response, {"success": False, **declared_group(self, self.request.method)[1]})
         return response
 
@@ -152,7 +153,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
-    @requires(WRITE)
+    @requires(WRITE, success=False)
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_MODEL_BYTES, what="model")
@@ -196,7 +197,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_CHUNKED,
         },
     )
-    @requires(WRITE)
+    @requires(WRITE, success=False)
     def remove(self, request):
         """POST /delete-model: remove a model and its archive."""
         model_id = check_object_id(body_field(request.data, "model_id"), "model_id")
@@ -220,7 +221,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
-    @requires(READ)
+    @requires(READ, success=False)
     def list(self, request):
         """GET /models: the ids of every hosted model."""
         return Response({"success": True, "models": services.model_ids()})
@@ -279,7 +280,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **errors(400, 401, 403, 404, schema=_NOT_SUCCESS, e404=_MODEL_OR_DOWNLOAD_FORMAT),
         },
     )
-    @requires(DOWNLOAD)
+    @requires(DOWNLOAD, success=False)
     def download(self, request, model_id):
         """GET /get_model/<id>: the archive, as text in JSON or raw with Accept: application/octet-stream."""
         hosted = services.model_for_download(model_id=check_object_id(model_id, "model_id"))
@@ -341,14 +342,13 @@ def _stage_file_part(upload, *, encoding, model_type: str | None) -> services.St
     """
     try:
         return services.archive_stage(upload=upload, model_type=model_type)
-    except BadRequest:
+    except BadRequest as refused:
         if not encoding or parse_encoding(encoding, allow_json=False) != LATIN1:
             raise
         try:
             return services.archive_stage(upload=_Utf8OfLatin1(upload), model_type=model_type)
         except (BadRequest, UnicodeError):
-            pass
-        raise  # the refusal of the part as sent
+            raise refused from None  # neither: the refusal of the part as sent
 
 
 class _Utf8OfLatin1:

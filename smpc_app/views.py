@@ -183,7 +183,8 @@ def _search_body(request):
     try:
         if request.content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES:
             return request.data
-        return json.loads(request.body)
+        # Strict UTF-8, as DRF's JSON parser reads it (json.loads would guess UTF-16 and pass surrogates).
+        return json.loads(request.body.decode("utf-8"))
     except (exceptions.ParseError, exceptions.UnsupportedMediaType, ValueError, RecursionError):
         # The contract has one answer for every body that is not what it asks for.
         raise BadRequest(INVALID_PAYLOAD) from None

@@ -25,7 +25,7 @@ MISSING = "This endpoint needs a token: send 'Authorization: Token <key>'."
 )
 def test_a_malformed_or_unknown_token_is_a_401(api, close, token, header):
     close(READ)
-    assert_unauthorized(api.get("/models", HTTP_AUTHORIZATION=header), "Invalid token.")
+    assert_unauthorized(api.get("/models", HTTP_AUTHORIZATION=header), "Invalid token.", success=False)
 
 
 def test_the_keyword_is_case_insensitive_as_drf_reads_it(api, close, token):
@@ -36,14 +36,14 @@ def test_the_keyword_is_case_insensitive_as_drf_reads_it(api, close, token):
 @pytest.mark.parametrize("header", ["Bearer abc", "Basic YWxpY2U6c2VjcmV0"])
 def test_another_scheme_is_no_token_at_all(api, close, token, header):
     close(READ)
-    assert_unauthorized(api.get("/models", HTTP_AUTHORIZATION=header), MISSING)
+    assert_unauthorized(api.get("/models", HTTP_AUTHORIZATION=header), MISSING, success=False)
     assert api.get("/dataset-tags", HTTP_AUTHORIZATION=header).status_code == 401
 
 
 def test_a_wrong_token_is_refused_on_an_open_group_too(api, token):
     """A client learns that its token is wrong at once, rather than being served as anonymous."""
     response = api.get("/models", **token_header("0" * 40))
-    assert_unauthorized(response, "Invalid token.")
+    assert_unauthorized(response, "Invalid token.", success=False)
     assert api.get("/models", **token_header(token.key)).status_code == 200
     assert api.get("/models").status_code == 200
 
@@ -52,14 +52,14 @@ def test_an_inactive_users_token_is_refused(api, close, token):
     close(READ)
     token.user.is_active = False
     token.user.save()
-    assert_unauthorized(api.get("/models", **token_header(token.key)), "Invalid token.")
+    assert_unauthorized(api.get("/models", **token_header(token.key)), "Invalid token.", success=False)
 
 
 def test_a_regenerated_or_deleted_token_stops_working(api, close, token):
     close(READ)
     old = token.key
     token.delete()
-    assert_unauthorized(api.get("/models", **token_header(old)), "Invalid token.")
+    assert_unauthorized(api.get("/models", **token_header(old)), "Invalid token.", success=False)
 
     fresh = Token.objects.create(user=token.user)
     assert api.get("/models", **token_header(fresh.key)).status_code == 200
@@ -70,7 +70,7 @@ def test_a_session_login_is_not_a_token(client, admin_user, close):
     close(READ)
     client.force_login(admin_user)
     response = client.get("/models")
-    assert_unauthorized(response, MISSING)
+    assert_unauthorized(response, MISSING, success=False)
 
 
 def test_every_user_with_a_token_may_use_every_closed_group(api, close, db):

@@ -310,3 +310,17 @@ def test_the_transcoded_part_keeps_the_model_limit(node, mlp_jit, settings):
     status, content = post_form(node, "/serve-model/", large_model_fields(mlp_jit.decode(LATIN1)))
     assert status == 413
     assert read_2019(content)["success"] is False
+
+
+def test_dataset_data_as_latin1_text_is_ascii_escaped(node, api):
+    buffer = io.BytesIO()
+    torch.save(torch.tensor(X), buffer)
+    raw = buffer.getvalue()
+    assert any(byte >= 0x80 for byte in raw)
+    body = {"id": "x", "data": raw.decode(LATIN1), "encoding": LATIN1, "tags": ["#x"], "allow_download": True}
+    assert api.post("/datasets", body, format="json").status_code == 201
+
+    status, content = send(node, requests.Request("GET", f"{NODE}/datasets/x/data").prepare())
+    assert status == 200
+    assert content.isascii()
+    assert read_2019(content)["data"].encode(LATIN1) == raw

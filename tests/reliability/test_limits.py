@@ -266,7 +266,7 @@ def test_a_small_file_part_over_its_limit_is_413_from_memory_too(settings, data_
     status, answer, _ = call_node("/serve-model", body, content_type)
 
     assert status == 413
-    assert answer == {"error": "The model is larger than this node accepts (1024 bytes)."}
+    assert answer == {"success": False, "error": "The model is larger than this node accepts (1024 bytes)."}
     assert files_in(data_dir / "tmp") == []
 
 
@@ -278,7 +278,10 @@ def test_a_live_node_answers_413_before_an_oversized_part_has_arrived(live_node,
     answer = raw_exchange(live_node, post_head("/serve-model", content_type, len(body)), body[:sent], timeout=60)
 
     assert status_of(answer) == 413, answer
-    assert json_of(answer) == {"error": f"The model is larger than this node accepts ({CHUNK_SIZE} bytes)."}
+    assert json_of(answer) == {
+        "success": False,
+        "error": f"The model is larger than this node accepts ({CHUNK_SIZE} bytes).",
+    }
     assert nothing_stored(data_dir)
 
 

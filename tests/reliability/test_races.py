@@ -83,7 +83,7 @@ def test_concurrent_uploads_of_one_model_id_are_one_200_and_409s(live_node, sett
     assert sorted(statuses) == [200] + [409] * (UPLOADERS - 1), results
     for status, answer in results:
         if status == 409:
-            assert answer == {"error": "Model with id: same already exists."}
+            assert answer == {"success": False, "error": "Model with id: same already exists."}
     winner = statuses.index(200)
     hosted = HostedModel.objects.get()
     assert hosted.sha256 == hashlib.sha256(archives[winner]).hexdigest()
