@@ -70,7 +70,7 @@ def on_starting(server):
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
     from models_app.executor import start_pool
 
-    server.inference_pool = start_pool(f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}")
+    server.inference_pool = start_pool()
 
 
 def on_exit(server):

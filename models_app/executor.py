@@ -317,20 +317,19 @@ def _start_own_pool() -> str:
     """
     global _own_pool
     with _pool_lock:
-        address = os.environ.get(ADDRESS_VARIABLE)
-        if address is None:
-            address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
-            _own_pool = start_pool(address)
-        return address
+        if os.environ.get(ADDRESS_VARIABLE) is None:
+            _own_pool = start_pool()
+        return os.environ[ADDRESS_VARIABLE]
 
 
-def start_pool(address: str) -> subprocess.Popen:
-    """Start the pool's supervisor listening on `address` (an abstract Unix socket name), and announce it.
+def start_pool() -> subprocess.Popen:
+    """Start the pool's supervisor listening on a fresh abstract Unix socket name, and announce it.
 
     Processes forked or started from this one afterwards find the pool through the environment. The pool
     reads its standard input until end of file, which comes when every process holding the other end
     (this one, and gunicorn's workers forked from it) is gone, and then stops.
     """
+    address = f"gridnode-inference-{os.getpid()}-{os.urandom(4).hex()}"
     root = Path(__file__).resolve().parent.parent
     environment = {
         **os.environ,

@@ -136,26 +136,16 @@ def handle(request, cache) -> tuple:
     stats = {"cache_hit": False, "evictions": cache.evictions, "runs": archives.LoadedModel.runs}
     try:
         if header.get("op") == "check" and isinstance(model, dict):
-            size = archives.archive_size(model.get("path"))
-            with (
-                bounded(
-                    seconds=archives.load_seconds(size),
-                    memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES,
-                ),
-                open(str(model.get("path")), "rb") as source,
-            ):
-                archives.load_archive(source, str(model.get("kind")))
+            _read_archive(model)  # an upload: proved to load, kept nowhere
             return Frame({"status": 200, "content_type": "", "headers": {}}, [b""]), _retains_too_much()
         if operation is None or not isinstance(model, dict):
             raise GridError("The inference process got a request it does not know.", status=500)
-        loaded = cache.get((str(model.get("id")), str(model.get("archive"))))
+        key = (str(model.get("id")), str(model.get("archive")))
+        loaded = cache.get(key)
         stats["cache_hit"] = loaded is not None
         if loaded is None:
-            size = archives.archive_size(model.get("path"))
-            with bounded(
-                seconds=archives.load_seconds(size), memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES
-            ):
-                loaded = _load_model(model, cache)
+            loaded = _read_archive(model)
+            cache.put(key, loaded)
             _floor["bytes"] = max(_floor["bytes"], _data_bytes())
         with bounded(
             seconds=settings.GRIDNODE_INFERENCE_TIMEOUT, memory_bytes=settings.GRIDNODE_INFERENCE_MEMORY_BYTES
@@ -213,26 +203,30 @@ def _cache_report(stats: dict, cache) -> dict:
     }
 
 
-def _load_model(model: dict, cache):
-    """Load a model from its archive into this process's cache (checked again, as on every load)."""
+def _read_archive(model: dict):
+    """A model loaded from its archive and checked (as on every load), within the load bound of its size:
+    archives.load_seconds, and twice its size plus GRIDNODE_INFERENCE_MEMORY_BYTES of memory."""
+    from django.conf import settings
+
     from gridnode.errors import NotFound
     from models_app import archives
 
-    key = (str(model.get("id")), str(model.get("archive")))
+    path, kind = model.get("path"), str(model.get("kind"))
+    size = archives.archive_size(path)
     try:
-        if model.get("path"):
-            with open(model["path"], "rb") as source:
-                loaded = archives.load_archive(source, str(model.get("kind")))
-        else:
+        with bounded(
+            seconds=archives.load_seconds(size), memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES
+        ):
+            if path:
+                with open(path, "rb") as source:
+                    return archives.load_archive(source, kind)
             from django.core.files.storage import default_storage
 
-            with default_storage.open(key[1], "rb") as stored:
-                loaded = archives.load_archive(archives.seekable(stored), str(model.get("kind")))
+            with default_storage.open(str(model.get("archive")), "rb") as stored:
+                return archives.load_archive(archives.seekable(stored), kind)
     except FileNotFoundError:
         # Deleted between the web process's query and this read: as if the query had come a moment later.
         raise NotFound("Model not found.") from None
-    cache.put(key, loaded)
-    return loaded
 
 
 # --- The supervisor ---------------------------------------------------------------------------------

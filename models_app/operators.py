@@ -60,24 +60,12 @@ from torch.fx.node import map_aggregate
 
 from gridnode.errors import BadRequest
 
-# TorchScript's own IR: constants, reading the module's attributes, control flow, containers and
-# casts. They compute nothing outside the interpreter's values; RaiseException makes a model's own
-# `raise` a 400 for the caller.
-_STRUCTURE = {
-    "prim::Constant",
-    "prim::GetAttr",
-    "prim::If",
-    "prim::Loop",
-    "prim::ListConstruct",
-    "prim::ListUnpack",
-    "prim::TupleConstruct",
-    "prim::TupleUnpack",
-    "prim::TupleIndex",
-    "prim::DictConstruct",
-    "prim::Uninitialized",
-    "prim::unchecked_cast",
-    "prim::unchecked_unwrap_optional",
+# TorchScript's own nodes whose outputs are numbers, strings, devices, a new tensor from a number
+# (NumToTensor), a new list of numbers (tolist), a placeholder for a value never read
+# (Uninitialized), or nothing at all (RaiseException): nothing of the model's state passes through.
+_PRIM_FRESH = {
     "prim::RaiseException",
+    "prim::Uninitialized",
     "prim::NumToTensor",
     "prim::tolist",
     "prim::device",
@@ -93,6 +81,25 @@ _STRUCTURE = {
     "prim::min",
     "prim::max",
     "prim::abs",
+}
+
+# TorchScript's own IR: constants, reading the module's attributes, control flow, containers and
+# casts, and the nodes above. They compute nothing outside the interpreter's values; RaiseException
+# makes a model's own `raise` a 400 for the caller.
+_STRUCTURE = {
+    "prim::Constant",
+    "prim::GetAttr",
+    "prim::If",
+    "prim::Loop",
+    "prim::ListConstruct",
+    "prim::ListUnpack",
+    "prim::TupleConstruct",
+    "prim::TupleUnpack",
+    "prim::TupleIndex",
+    "prim::DictConstruct",
+    "prim::unchecked_cast",
+    "prim::unchecked_unwrap_optional",
+    *_PRIM_FRESH,
 }
 
 # What TorchScript compiles Python's built-ins into: numbers, comparisons, list/dict/str methods,
@@ -903,29 +910,6 @@ def _first_state_write_in_script(graphs: list[torch._C.Graph], *, self_name: str
 
 # TorchScript's nodes that build a container from their inputs.
 _CONSTRUCTS = {"prim::ListConstruct", "prim::TupleConstruct", "prim::DictConstruct"}
-
-# TorchScript's own nodes whose outputs are numbers, strings, devices, a new tensor from a number
-# (NumToTensor), a new list of numbers (tolist), a placeholder for a value never read
-# (Uninitialized), or nothing at all (RaiseException): nothing of the model's state passes through.
-_PRIM_FRESH = {
-    "prim::RaiseException",
-    "prim::Uninitialized",
-    "prim::NumToTensor",
-    "prim::tolist",
-    "prim::device",
-    "prim::dtype",
-    "prim::layout",
-    "prim::type",
-    "prim::requires_grad",
-    "prim::is_nested",
-    "prim::is_cpu",
-    "prim::is_cuda",
-    "prim::is_sparse",
-    "prim::is_quantized",
-    "prim::min",
-    "prim::max",
-    "prim::abs",
-}
 
 
 class _ScriptStateWalk:

@@ -36,6 +36,7 @@ from gridnode.http import FastJSONRenderer, check_object_id
 from gridnode.schema import EXAMPLE_MODEL_ID, errors, id_parameter
 from models_app import executor, services
 from models_app.archives import PLAN, LoadedModel
+from models_app.executor import ModelRef
 from models_app.inference import answer_bytes, answer_size_check, batch_check
 
 SERVER_NAME = "gridnode"
@@ -384,8 +385,7 @@ class OpenInferenceViewSet(viewsets.ViewSet):
     @requires(INFERENCE)
     def infer(self, request, model_id, version=None):
         """POST /v2/models/<id>/infer: run the model on v2 tensors and answer v2 tensors."""
-        model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-        _check_version(version)
+        model = _runnable_model(model_id, version)
         headers = {
             "content_encoding": request.headers.get("Content-Encoding"),
             "header_length": request.headers.get(HEADER_LENGTH),
@@ -407,16 +407,17 @@ def infer_answer(loaded: LoadedModel, model_id: str, headers: dict, blobs: list[
     return _infer_answer(model_id, body, signature, outputs)
 
 
-def _check_version(version: str | None) -> None:
+def _runnable_model(model_id: str, version: str | None) -> ModelRef:
+    """The model behind an id (and version), under the inference permission."""
+    model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
     if version is not None and version != MODEL_VERSION:
         raise NotFound(f"Model version not found: hosted models have the one version {MODEL_VERSION}.")
+    return model
 
 
 def _described(model_id: str, version: str | None) -> bytes:
     """The model's metadata (JSON), from an inference process that loads it (and keeps it for inference)."""
-    model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-    _check_version(version)
-    outcome = executor.run("v2_metadata", model, {}, [])
+    outcome = executor.run("v2_metadata", _runnable_model(model_id, version), {}, [])
     outcome.raise_for_error()
     return outcome.payload
 
