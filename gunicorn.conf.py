@@ -1,7 +1,7 @@
 """Gunicorn settings for the grid node; `gunicorn gridnode.wsgi` reads this file from the repo root.
 
 Every value can be overridden from the environment (or on gunicorn's command line). Defaults were chosen
-by measurement on a 2-core machine (README: "Running in production").
+by measurement on a 2-core machine (docs/operations.md).
 """
 
 import os
@@ -20,7 +20,7 @@ worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
 # meanwhile (measured on 2 cores, reference MLP, c=8: 1 thread ~830 req/s, 4 threads ~1,000).
 # An SMPC worker's evaluation waits in its thread while its peer's messages arrive on other requests,
 # and gunicorn hands connections to processes unevenly (4 clients at once could all land on one), so a
-# node with GRIDNODE_SMPC_SECRET gets threads to spare (README: Encrypted inference).
+# node with GRIDNODE_SMPC_SECRET gets threads to spare (docs/encrypted-inference.md).
 threads = env_int("GRIDNODE_THREADS", 16 if os.environ.get("GRIDNODE_SMPC_SECRET") else 4, minimum=1)
 # Each process runs at most threads - 1 evaluations, so one thread is always free for exchanges.
 os.environ.setdefault("GRIDNODE_SMPC_MAX_SESSIONS", str(max(1, threads - 1)))
@@ -48,13 +48,13 @@ _FORWARDED = ("X-FORWARDED-FOR", "X-FORWARDED-PROTO", "X-FORWARDED-HOST", "X-FOR
 
 
 def pre_request(worker, req):
-    """Drop forwarding headers a peer outside forwarded_allow_ips sent (README: "Running in production")."""
+    """Drop forwarding headers a peer outside forwarded_allow_ips sent (docs/operations.md)."""
     if not req._peer_is_trusted_proxy():  # gunicorn's own test, as for its secure_scheme_headers
         req.headers = [(name, value) for name, value in req.headers if name not in _FORWARDED]
 
 
 def child_exit(server, worker):
-    """With PROMETHEUS_MULTIPROC_DIR set, forget a finished worker's live gauges (README: Operating the node)."""
+    """With PROMETHEUS_MULTIPROC_DIR set, forget a finished worker's live gauges (docs/operations.md)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -62,7 +62,7 @@ def child_exit(server, worker):
 
 
 def on_starting(server):
-    """Start the node's inference processes once, for all the workers (README: Running models safely).
+    """Start the node's inference processes once, for all the workers (docs/security.md).
 
     The workers find the pool through the environment they inherit, and wait for it on their first
     inference if it is still starting (it imports torch while they do); it stops when the master does.

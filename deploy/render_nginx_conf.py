@@ -5,7 +5,7 @@ usage: .venv/bin/python deploy/render_nginx_conf.py RUN_DIR UPSTREAM > RUN_DIR/n
 RUN_DIR holds nginx's pid file, temp folders and logs; UPSTREAM is gunicorn's address as nginx names it
 (`unix:/path/gunicorn.sock` or `127.0.0.1:8000`). The body limit and the static folder come from the
 node's settings (GRIDNODE_MAX_UPLOAD_BYTES, STATIC_ROOT), so nginx and the node cannot disagree; the
-rest from these variables (README: "Running in production"):
+rest from these variables (docs/operations.md):
 
 GRIDNODE_PUBLIC_BIND (127.0.0.1:8080)     where nginx listens (nginx's `listen`: ADDR:PORT or PORT)
 GRIDNODE_CLIENT_HEADER_TIMEOUT (10)       seconds for a request's line and headers to arrive

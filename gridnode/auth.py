@@ -1,4 +1,4 @@
-"""Token auth that an operator turns on per group of endpoints (README: "Security").
+"""Token auth that an operator turns on per group of endpoints (docs/security.md).
 
 Every endpoint belongs to one group, declared on its view with `@requires(GROUP)`; a group is closed when
 its `GRIDNODE_AUTH_<GROUP>` setting is true, and a closed group answers 401 to a request without a valid

@@ -1,4 +1,4 @@
-"""Settings for the grid node, every knob read from the environment (README: "Settings").
+"""Settings for the grid node, every knob read from the environment (docs/settings.md).
 
 With no variables at all the node runs on SQLite and local files under `var/` in the checkout;
 `DATABASE_URL=postgres://...` switches to PostgreSQL.
@@ -49,7 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, so it times the whole stack and sees the final status (README: "Operating the node").
+    # First, so it times the whole stack and sees the final status (docs/operations.md).
     "gridnode.observability.RequestObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -152,7 +152,7 @@ GRIDNODE_LOAD_TIMEOUT = env_int("GRIDNODE_LOAD_TIMEOUT", 300, minimum=1)
 # How many loaded models each process keeps in memory.
 GRIDNODE_MODEL_CACHE_SIZE = env_int("GRIDNODE_MODEL_CACHE_SIZE", 16, minimum=1)
 
-# Bounds on running a stranger's model (README "Running models safely"). Every inference runs in one of
+# Bounds on running a stranger's model (docs/security.md). Every inference runs in one of
 # the node's inference processes (models_app/executor.py), which is killed and replaced when it runs past
 # the deadline; its memory may grow by at most GRIDNODE_INFERENCE_MEMORY_BYTES while it runs, and the
 # tensors it answers may hold at most GRIDNODE_MAX_ANSWER_BYTES.
@@ -163,7 +163,7 @@ GRIDNODE_MAX_ANSWER_BYTES = env_int("GRIDNODE_MAX_ANSWER_BYTES", 64 * 1024**2, m
 # core a process for everyone else).
 GRIDNODE_INFERENCE_PROCESSES = env_int("GRIDNODE_INFERENCE_PROCESSES", 0)
 
-# Encrypted inference (smpc_app, README "Encrypted inference"). Nodes that run one model together sign
+# Encrypted inference (smpc_app, docs/encrypted-inference.md). Nodes that run one model together sign
 # their requests to each other with this shared secret; without it this node takes no part in SMPC.
 GRIDNODE_SMPC_SECRET = env_str("GRIDNODE_SMPC_SECRET", "")
 if GRIDNODE_SMPC_SECRET and len(GRIDNODE_SMPC_SECRET) < 32:
@@ -174,7 +174,7 @@ GRIDNODE_SMPC_TIMEOUT = env_int("GRIDNODE_SMPC_TIMEOUT", 10, minimum=1)
 # a 503 at once rather than taking the threads the running ones need for their exchanges.
 GRIDNODE_SMPC_MAX_SESSIONS = env_int("GRIDNODE_SMPC_MAX_SESSIONS", 0)
 
-# Token auth per group of endpoints (README: "Security"). Open by default, as the seed says ("Auth required:
+# Token auth per group of endpoints (docs/security.md). Open by default, as the seed says ("Auth required:
 # NO (can be changed)"); each switch closes one group to requests without a valid `Authorization: Token`.
 GRIDNODE_AUTH_READ = env_bool("GRIDNODE_AUTH_READ", False)
 GRIDNODE_AUTH_WRITE = env_bool("GRIDNODE_AUTH_WRITE", False)
@@ -211,7 +211,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "gridnode.schema.GridAutoSchema",
 }
 
-# The OpenAPI document at /api/schema/ and its UI at /api/schema/swagger-ui/ (README: "Endpoints").
+# The OpenAPI document at /api/schema/ and its UI at /api/schema/swagger-ui/ (docs/api.md).
 SPECTACULAR_SETTINGS = {
     "TITLE": "Grid Node",
     "VERSION": "0.1.0",

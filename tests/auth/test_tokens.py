@@ -74,7 +74,7 @@ def test_a_session_login_is_not_a_token(client, admin_user, close):
 
 
 def test_every_user_with_a_token_may_use_every_closed_group(api, close, db):
-    """No per-user scopes: who holds a token is who the operator trusts (README: "Security")."""
+    """No per-user scopes: who holds a token is who the operator trusts (docs/security.md)."""
     from django.contrib.auth import get_user_model
 
     close()

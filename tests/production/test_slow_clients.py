@@ -1,4 +1,4 @@
-"""Idle, slow and stalled connections held open while ordinary callers are answered (README: "Running in
+"""Idle, slow and stalled connections held open while ordinary callers are answered (docs/operations.md
 production"): through nginx they are, straight to gunicorn they are not.
 
 Each attack is held for a few seconds past nginx's client timeouts in these tests (3 s), so the stalled
