@@ -1,9 +1,11 @@
 """The crypto provider's correlated randomness: Beaver pairs for the weighted layers, AND triples and a
 random shared bit for each ReLU, all derived from one per-session seed.
 
-Party 0's shares are read straight from the seed's stream ("share0/..." labels); party 1's are the true
-values ("value/..." labels, with products computed from them) minus party 0's shares. Whichever request
-comes first, both parties receive consistent halves, and the provider never needs to keep them.
+Party 0's shares are read straight from a stream keyed by the seed's first PARTY_ZERO_KEY_BYTES ("share0/..."
+labels); party 1's are the true values (a stream keyed by the whole seed, "value/..." labels, with products
+computed from them) minus party 0's shares. Whichever request comes first, both parties receive consistent
+halves, and the provider never needs to keep them. Party 0's half, or the key it is drawn from, does not
+determine party 1's: that also depends on the rest of the seed, which party 0 never learns.
 """
 
 import torch
@@ -12,6 +14,10 @@ from smpc_protocol.hosting import WEIGHT_MASK, tensor_name
 from smpc_protocol.maps import product
 from smpc_protocol.prg import KeyStream
 from smpc_protocol.spec import RELU, WEIGHTED, ModelSpec
+
+# A session seed's length, and the leading part of it that party 0's half is drawn from (alone).
+SEED_BYTES = 32
+PARTY_ZERO_KEY_BYTES = 16
 
 # The ReLU's carry computation (a Kogge-Stone prefix over the 63 low bits): the first level ANDs the two
 # parties' words, then each shift combines generate ("g") and propagate ("p") words; the last needs g only.
@@ -50,6 +56,9 @@ class _Dealer:
     """Hands out one party's half of each correlated value, computing true values only for party 1."""
 
     def __init__(self, seed: bytes, party: int) -> None:
+        if len(seed) < SEED_BYTES:
+            raise ValueError(f"a session seed must have at least {SEED_BYTES} bytes")
+        self._shares = KeyStream(seed[:PARTY_ZERO_KEY_BYTES])
         self._stream = KeyStream(seed)
         self._party = party
         self._values: dict[str, torch.Tensor] = {}
@@ -64,7 +73,7 @@ class _Dealer:
 
     def deal(self, name: str, shape, compute_value, *, xor: bool = False, bit: bool = False) -> None:
         """Add this party's share of `compute_value()` (arithmetic, or XOR when `xor`) to the bundle."""
-        draw = self._stream.bits if bit else self._stream.ring
+        draw = self._shares.bits if bit else self._shares.ring
         first = draw(f"share0/{name}", shape)
         if self._party == 0:
             self.bundle[name] = first

@@ -9,6 +9,7 @@ from torch import nn
 from smpc_protocol import hosting, maps, randomness
 from smpc_protocol.randomness import CARRY_LEVELS, and_triple_name
 from smpc_protocol.spec import RELU, WEIGHTED
+from tests.smpc_protocol.harness import assert_uniform_bits
 
 BATCH = 3
 
@@ -122,4 +123,72 @@ def test_it_refuses_a_party_other_than_0_or_1(shared, party):
     with pytest.raises(ValueError, match="party"):
         randomness.party_bundle(
             spec=shared.spec, provider_part=shared.provider_part, batch=1, seed=os.urandom(32), party=party
+        )
+
+
+# The tests below fail when the provider's randomness is broken in ways that keep every answer right and
+# every half uniform (issue 15's mutation list): true values that are zero, the same in every session, or
+# determined by party 0's half. Each reads the true values from both halves, which no worker holds.
+MANY = 64  # inputs per batch, so that each value tensor is a sample a frequency test can judge
+
+
+def true_values(zero: dict[str, torch.Tensor], one: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The values the halves are shares of (masks and triples' u and v; products follow from them)."""
+    values = {}
+    for name in zero:
+        if name.endswith((".u", ".v", ".r_bit")):
+            values[name] = zero[name] ^ one[name]
+        elif name.endswith((".A", ".r")):
+            values[name] = zero[name] + one[name]
+    return values
+
+
+def assert_uniform_values(values: dict[str, torch.Tensor], what: str) -> None:
+    assert values
+    for name, value in values.items():
+        bit = name.endswith((".r", ".r_bit"))
+        assert_uniform_bits(value, f"{what} '{name}'", bits=1 if bit else 64)
+
+
+def test_every_value_it_deals_is_uniform(shared):
+    values = true_values(*bundles(shared, os.urandom(32), batch=MANY))
+
+    assert {name.rsplit(".", 1)[1] for name in values} == {"u", "v", "r_bit", "r", "A"}
+    assert_uniform_values(values, "the true")
+
+
+def test_two_sessions_deal_unrelated_values(shared):
+    first = true_values(*bundles(shared, os.urandom(32), batch=MANY))
+    second = true_values(*bundles(shared, os.urandom(32), batch=MANY))
+
+    differences = {
+        name: value - second[name] if name.endswith(".A") else value ^ second[name] for name, value in first.items()
+    }
+    assert_uniform_values(differences, "two sessions' differences of")
+
+
+def test_party_0s_half_does_not_determine_party_1s(shared):
+    # Two seeds that share only the part party 0's half is drawn from.
+    key = os.urandom(randomness.PARTY_ZERO_KEY_BYTES)
+    rest = randomness.SEED_BYTES - randomness.PARTY_ZERO_KEY_BYTES
+    first = bundles(shared, key + os.urandom(rest), batch=MANY)
+    second = bundles(shared, key + os.urandom(rest), batch=MANY)
+
+    assert all(torch.equal(first[0][name], second[0][name]) for name in first[0])
+    # The same half for party 0, and unrelated values behind it: party 1's halves differ by the values'.
+    for name, tensor in first[1].items():
+        if not name.endswith(".r_bit"):
+            assert not torch.equal(tensor, second[1][name]), name
+    differences = {
+        name: value - second_value if name.endswith(".A") else value ^ second_value
+        for (name, value), second_value in zip(true_values(*first).items(), true_values(*second).values(), strict=True)
+    }
+    assert_uniform_values(differences, "the differences, behind one half of party 0, of")
+
+
+@pytest.mark.parametrize("length", [16, 31])
+def test_it_refuses_a_seed_shorter_than_a_session_seed(shared, length):
+    with pytest.raises(ValueError, match="32 bytes"):
+        randomness.party_bundle(
+            spec=shared.spec, provider_part=shared.provider_part, batch=1, seed=os.urandom(length), party=1
         )
