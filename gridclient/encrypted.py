@@ -57,9 +57,17 @@ def host_encrypted_model(
     Every node is given the registration; each worker one share, the crypto provider the weight masks.
     `input_shape` is one input's shape without the batch. An unsupported model raises SpecError (a
     ValueError) before anything is sent; if a node refuses, the registrations already made are deleted.
+    The nodes must trust each other (`manage.py smpc_trust` on each) before the model can run.
+
+    `allow_download` must stay false: any two of the three parts rebuild the weights, so nodes never hand
+    a part out again (keep the model itself if you need it back).
     """
     if len(workers) != 2:
         raise ValueError("encrypted inference runs on exactly two workers")
+    if allow_download:
+        raise ValueError(
+            "an encrypted model's parts are never downloadable: any two of them rebuild its weights"
+        )
     shared = hosting.split_model(model, tuple(input_shape))
     spec = shared.spec.to_json()
     nodes = [GridNodeClient(url, token=token, timeout=timeout, progress=False) for url in [*workers, crypto_provider]]
@@ -68,7 +76,7 @@ def host_encrypted_model(
         for node in nodes:
             node.register_encrypted_model(model_id, workers, crypto_provider, description=description)
             registered.append(node)
-        flags = {"allow_remote_inference": allow_remote_inference, "allow_download": allow_download}
+        flags = {"allow_remote_inference": allow_remote_inference}
         for party in (0, 1):
             nodes[party].upload_model_share(
                 model_id, shared.worker_parts[party], spec=spec, role="worker", party=party, **flags

@@ -163,11 +163,14 @@ GRIDNODE_MAX_ANSWER_BYTES = env_int("GRIDNODE_MAX_ANSWER_BYTES", 64 * 1024**2, m
 # core a process for everyone else).
 GRIDNODE_INFERENCE_PROCESSES = env_int("GRIDNODE_INFERENCE_PROCESSES", 0)
 
-# Encrypted inference (smpc_app, docs/encrypted-inference.md). Nodes that run one model together sign
-# their requests to each other with this shared secret; without it this node takes no part in SMPC.
-GRIDNODE_SMPC_SECRET = env_str("GRIDNODE_SMPC_SECRET", "")
-if GRIDNODE_SMPC_SECRET and len(GRIDNODE_SMPC_SECRET) < 32:
-    raise ImproperlyConfigured("GRIDNODE_SMPC_SECRET must be at least 32 characters long.")
+# Encrypted inference (smpc_app, docs/encrypted-inference.md). Each node signs its requests to the others
+# with its own key (GRIDNODE_DATA_DIR/smpc/node_key) and trusts theirs one by one (manage.py smpc_trust).
+# The shared secret that came before would let any node speak for any other: refused, so it is noticed.
+if env_str("GRIDNODE_SMPC_SECRET", ""):
+    raise ImproperlyConfigured(
+        "GRIDNODE_SMPC_SECRET is no longer used: nodes sign with their own keys. Unset it, run "
+        "'manage.py smpc_identity' on each node and trust the others with 'manage.py smpc_trust add URL KEY'."
+    )
 # How long a worker waits for its peer or the crypto provider before giving up on a session (seconds).
 GRIDNODE_SMPC_TIMEOUT = env_int("GRIDNODE_SMPC_TIMEOUT", 10, minimum=1)
 # Evaluations one process runs at once (0: no bound, as under runserver, a thread per request); more get

@@ -14,9 +14,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from gridnode.errors import GridError
-from smpc_app import services, shares
+from smpc_app import services, shares, trust
 from smpc_app.addresses import MAX_URL_LENGTH, URL_RULE, normalize_node_url
-from smpc_app.models import EncryptedModel, ModelShare, NodeAssignment, WorkerNode
+from smpc_app.identity import node_identity
+from smpc_app.models import EncryptedModel, ModelShare, NodeAssignment, TrustedNode, WorkerNode
 
 
 class NodeAssignmentForm(forms.ModelForm):
@@ -220,6 +221,62 @@ class WorkerNodeAdmin(admin.ModelAdmin):
         return ", ".join(uses) or "-"
 
 
+class TrustedNodeForm(forms.ModelForm):
+    """A node to trust, checked by the rules `manage.py smpc_trust add` applies."""
+
+    class Meta:
+        model = TrustedNode
+        fields = ["url", "public_key", "label"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk is None and not self.errors:
+            try:
+                cleaned["url"] = normalize_node_url(cleaned.get("url"), "url")
+            except GridError as exc:
+                self.add_error("url", exc.message)
+            if cleaned.get("public_key") == node_identity().public_key:
+                self.add_error("public_key", "This is this node's own key: a node never trusts itself as another.")
+        return cleaned
+
+    def _post_clean(self):
+        # The URL is put in canonical form in clean(): check the model's rules after that, not before.
+        if "url" in self.cleaned_data:
+            self.instance.url = self.cleaned_data["url"]
+        super()._post_clean()
+
+
+@admin.register(TrustedNode)
+class TrustedNodeAdmin(admin.ModelAdmin):
+    """The nodes this node trusts with encrypted models, by address and public key; added through the service."""
+
+    form = TrustedNodeForm
+    list_display = ["url", "public_key", "label", "created_at"]
+    search_fields = ["url", "public_key", "label"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A node's key or address changing is a new trust decision: remove the entry and add it again.
+        return ["created_at"] if obj is None else ["url", "public_key", "created_at"]
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "title": f"Trusted nodes (this node's key: {node_identity().public_key})",
+        }
+        return super().changelist_view(request, extra_context=extra_context)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["label"])
+            return
+        try:
+            node = trust.trusted_node_add(url=obj.url, public_key=obj.public_key, label=obj.label)
+        except GridError as exc:
+            # The form's own checks ran already; what is left is a race with another write.
+            raise ValidationError(exc.message) from None
+        obj.pk, obj.created_at = node.pk, node.created_at
+
+
 def _share_of(registration: EncryptedModel | None) -> ModelShare | None:
     """A registration's share on this node, or None (also for a registration not saved yet)."""
     if registration is None or registration.pk is None:
@@ -255,7 +312,8 @@ class ModelShareUploadForm(forms.ModelForm):
 
     class Meta:
         model = ModelShare
-        fields = ["registration", "role", "allow_remote_inference", "allow_download"]
+        # Never allow_download: a part is never handed out again (see smpc_app.shares).
+        fields = ["registration", "role", "allow_remote_inference"]
 
     staged: shares.StagedShare | None = None
 
@@ -295,7 +353,7 @@ class ModelShareAdmin(admin.ModelAdmin):
         "uploaded_by",
         "created_at",
     ]
-    list_editable = ["allow_remote_inference", "allow_download"]
+    list_editable = ["allow_remote_inference"]
     list_filter = ["role", "allow_remote_inference", "allow_download"]
     search_fields = ["registration__model_id"]
     ordering = ["-created_at"]
@@ -345,24 +403,21 @@ class ModelShareAdmin(admin.ModelAdmin):
                 "spec_text",
                 "part_file",
                 "allow_remote_inference",
-                "allow_download",
             ]
-        return [*self.readonly_fields[:8], "allow_remote_inference", "allow_download", *self.readonly_fields[8:]]
+        return [*self.readonly_fields[:8], "allow_remote_inference", *self.readonly_fields[8:]]
 
     def save_model(self, request, obj, form, change):
         if change:
             # The change page and the list's toggles: the same service as PATCH /encrypted-models/<id>/share.
             shares.share_set_permissions(
-                model_id=obj.registration.model_id,
-                allow_remote_inference=obj.allow_remote_inference,
-                allow_download=obj.allow_download,
+                model_id=obj.registration.model_id, allow_remote_inference=obj.allow_remote_inference
             )
             return
         share = shares.share_save(
             registration=form.cleaned_data["registration"],
             staged=form.staged,
             allow_remote_inference=form.cleaned_data["allow_remote_inference"],
-            allow_download=form.cleaned_data["allow_download"],
+            allow_download=False,
             uploaded_by=request.user,
         )
         # The admin logs and redirects using the object it passed in.

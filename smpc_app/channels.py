@@ -1,15 +1,19 @@
-"""How the two workers of a session swap their masked values, one round at a time.
+"""How a worker calls the other nodes of a session, and how the two workers swap masked values each round.
 
+Every call goes to a node this node trusts, signed for that node's key, and its answer must carry that
+key's signature (`smpc_app.nodeauth`); connections to peers are kept alive between sessions (`NodeCall`).
 Party 0 drives: for each round it POSTs its message to party 1's `/smpc/exchange` and reads party 1's
-message for the same round in the answer (`PeerChannel`, one kept-alive connection per session).
+message for the same round in the answer (`PeerChannel`).
 The POST reaches whichever process of party 1's node the server picks, while party 1's evaluation runs
 in the process that took the client's request. They meet through a Unix socket in Linux's abstract
 namespace named after the node's data folder and the session (`SessionMailbox` on the evaluating side,
 `deliver` in the exchange view), so every process of one node on one host can reach it; the socket
 accepts connections from processes of the same user only. A node's processes must therefore share a host.
 
-Every message carries the session id and its round number; one that does not follow the session's
-order stops it with an error, never a wrong answer.
+Every message carries the session id and its round number; party 1's evaluation accepts each round
+once, from its peer's key only, before the message's body is even read (`deliver`). A replayed message
+is refused and the session goes on; its peer sending out of order stops it with an error, never a
+wrong answer.
 
 Each wait (a connect, a request, an answer, a round's message) lasts at most GRIDNODE_SMPC_TIMEOUT, and
 never past the evaluation's `Deadline` (GRIDNODE_INFERENCE_TIMEOUT after the client's request arrived):
@@ -20,18 +24,25 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
+import select
 import socket
+import ssl
 import struct
+import threading
 import time
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 import torch
 from django.conf import settings
 
 from gridnode.errors import BadGateway, Conflict, GatewayTimeout
-from smpc_app.nodeauth import signed_headers
+from smpc_app import nodeauth
 from smpc_protocol import wire
+
+logger = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/smpc/exchange"
 # Party 0 waits this much longer for an answer than party 1's node waits for its side of a session, so
@@ -85,11 +96,167 @@ class Traffic:
         self.received = 0
 
 
-def node_connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    """A connection to a node and the path prefix its URL carries (nodes may live under a path)."""
-    parts = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return connection_class(parts.hostname, parts.port, timeout=timeout), parts.path.rstrip("/")
+_tls_context: ssl.SSLContext | None = None
+_idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+_idle_lock = threading.Lock()
+# Idle kept-alive connections per peer and process; more are closed when given back.
+MAX_IDLE_PER_PEER = 8
+
+
+def _tls() -> ssl.SSLContext:
+    """The client TLS context for peers: the system's CAs (or SSL_CERT_FILE), certificates and names checked."""
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = ssl.create_default_context()
+    return _tls_context
+
+
+def _new_connection(scheme: str, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by the peer (readable while idle means EOF)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class NodeCall:
+    """Signed requests to one trusted node over a kept-alive connection taken from this process's pool.
+
+    Failures are told apart (unreachable, timed out, refused, bad answer) and named with the node's role
+    and address; what the node said is logged for the operator, never passed on to the client.
+    """
+
+    def __init__(self, *, url: str, public_key: str, who: str, deadline: Deadline) -> None:
+        parts = urlsplit(url)
+        self.url, self.public_key, self.who, self.deadline = url, public_key, who, deadline
+        self.prefix = parts.path.rstrip("/")
+        self._peer = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        self._connection: http.client.HTTPConnection | None = None
+        self._reused = False
+
+    def _take(self, timeout: float) -> None:
+        if self._connection is not None:
+            return
+        with _idle_lock:
+            idle = _idle.get(self._peer, [])
+            while idle:
+                connection = idle.pop()
+                if not _dropped(connection):
+                    self._connection, self._reused = connection, True
+                    return
+                connection.close()
+        self._connection, self._reused = _new_connection(*self._peer, timeout), False
+
+    def close(self, *, keep: bool = True) -> None:
+        """Give the connection back to the pool (or close it when `keep` is false)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if keep and connection.sock is not None:
+            with _idle_lock:
+                idle = _idle.setdefault(self._peer, [])
+                if len(idle) < MAX_IDLE_PER_PEER:
+                    idle.append(connection)
+                    return
+        connection.close()
+
+    def post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        purpose: str,
+        model_id: str,
+        session_id: str,
+        party: int,
+        round_number: int,
+        what: str,
+        timeout: float,
+    ) -> bytes:
+        """POST a signed message and answer the reply's bytes once its signature is checked; else a 502/504."""
+        headers, signature = nodeauth.sign_request(
+            purpose=purpose,
+            recipient=self.public_key,
+            model_id=model_id,
+            session_id=session_id,
+            party=party,
+            round_number=round_number,
+            body=body,
+        )
+        headers["Content-Type"] = "application/octet-stream"
+        target = quote(self.prefix + path)
+        for attempt in (0, 1):
+            self._take(timeout)
+            try:
+                status, reply_headers, reply = self._send(target, body, headers, timeout)
+                break
+            except TimeoutError:
+                self.close(keep=False)
+                raise self.deadline.timed_out(
+                    f"{self.who} timed out: no answer to {what} within {timeout:g} s."
+                ) from None
+            except (OSError, http.client.HTTPException) as error:
+                reused = self._reused
+                self.close(keep=False)
+                # A kept-alive connection the peer closed meanwhile fails before the request reached it: once more.
+                if attempt == 0 and reused and isinstance(error, _STALE_ERRORS):
+                    continue
+                logger.warning("SMPC: %s unreachable for %s: %r", self.who, what, error)
+                raise BadGateway(f"{self.who} is unreachable: {what} could not be sent or answered.") from None
+            except BaseException:
+                self.close(keep=False)  # the deadline cut it mid-request: the connection is in no state to reuse
+                raise
+        if status != 200:
+            self.close()
+            logger.warning("SMPC: %s refused %s (%s): %s", self.who, what, status, _error_text(reply))
+            raise BadGateway(f"{self.who} refused {what} (HTTP {status}).")
+        if not nodeauth.reply_is_signed(
+            sender=self.public_key,
+            request_signature=signature,
+            status=status,
+            header=reply_headers.get(nodeauth.REPLY_HEADER, ""),
+            signature=reply_headers.get(nodeauth.REPLY_SIGNATURE_HEADER, ""),
+            body=reply,
+        ):
+            self.close(keep=False)
+            raise BadGateway(f"{self.who} gave a bad answer to {what}: the reply is not signed by its key.")
+        self.close()
+        return reply
+
+    def _send(self, target: str, body: bytes, headers: dict, timeout: float):
+        connection = self._connection
+        _wait_at_most(connection, self.deadline.cap(timeout))
+        connection.request("POST", target, body=body, headers=headers)
+        _acknowledge_at_once(connection)
+        _wait_at_most(connection, self.deadline.cap(timeout))
+        response = connection.getresponse()
+        _wait_at_most(connection, self.deadline.cap(timeout))
+        reply = response.read()
+        if response.will_close:
+            connection.close()
+        return response.status, response.headers, reply
+
+
+_STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _error_text(reply: bytes) -> str:
+    """A node's JSON error text, for this node's log only."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+        message = json.loads(reply).get("error")
+        if isinstance(message, str):
+            return message[:500]
+    return "no error message"
 
 
 def _acknowledge_at_once(connection: http.client.HTTPConnection) -> None:
@@ -112,64 +279,14 @@ def _wait_at_most(connection: http.client.HTTPConnection, seconds: float) -> Non
         connection.sock.settimeout(seconds)
 
 
-def post_signed(
-    connection: http.client.HTTPConnection,
-    path: str,
-    body: bytes,
-    *,
-    who: str,
-    what: str,
-    timeout: float,
-    deadline: Deadline,
-) -> bytes:
-    """POST a signed SMPC message and answer the reply's bytes; a 502/504 naming `who` when it fails.
-
-    Sending, waiting for the answer and reading it each take at most `timeout`, cut to the deadline.
-    """
-    headers = {"Content-Type": "application/octet-stream", **signed_headers("POST", path, body)}
-    try:
-        _wait_at_most(connection, deadline.cap(timeout))
-        connection.request("POST", quote(path), body=body, headers=headers)
-        _acknowledge_at_once(connection)
-        _wait_at_most(connection, deadline.cap(timeout))
-        response = connection.getresponse()
-        _wait_at_most(connection, deadline.cap(timeout))
-        reply = response.read()
-    except TimeoutError:
-        connection.close()
-        raise deadline.timed_out(f"{who} did not answer {what} within {timeout:g} s.") from None
-    except (OSError, http.client.HTTPException) as error:
-        connection.close()
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise BadGateway(f"{who} could not be reached for {what}: {reason}.") from None
-    if response.status != 200:
-        raise BadGateway(f"{who} refused {what} ({response.status}): {_error_message(reply)}")
-    return reply
-
-
-def _error_message(reply: bytes) -> str:
-    """The "error" text of a node's JSON error answer, or a note that it had none."""
-    with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
-        message = json.loads(reply).get("error")
-        if isinstance(message, str):
-            return message[:500]
-    return "no error message"
-
-
-def _check_reply_meta(meta: dict, *, session_id: str, round_number: int, who: str) -> None:
-    if meta.get("session") != session_id or meta.get("round") != round_number:
-        raise BadGateway(f"{who} answered for another session or round: the session is abandoned.")
-
-
 class PeerChannel:
-    """Party 0's side: one signed POST per round to party 1's node, whose answer is party 1's message."""
+    """Party 0's side: one signed POST per round to party 1's node, whose signed answer is party 1's message."""
 
-    def __init__(self, *, peer_url: str, model_id: str, session_id: str, traffic: Traffic, deadline: Deadline) -> None:
+    def __init__(
+        self, *, peer_url: str, peer_key: str, model_id: str, session_id: str, traffic: Traffic, deadline: Deadline
+    ) -> None:
         self.timeout = settings.GRIDNODE_SMPC_TIMEOUT + ANSWER_MARGIN_SECONDS
-        self.deadline = deadline
-        self.connection, prefix = node_connection(peer_url, self.timeout)
-        self.path = prefix + EXCHANGE_PATH
-        self.who = f"The peer worker at {peer_url}"
+        self.call = NodeCall(url=peer_url, public_key=peer_key, who=f"The peer worker at {peer_url}", deadline=deadline)
         self.model_id, self.session_id, self.traffic = model_id, session_id, traffic
         self.round = 0
 
@@ -178,22 +295,31 @@ class PeerChannel:
         meta = {"session": self.session_id, "model_id": self.model_id, "round": self.round}
         body = wire.pack(payload, meta)
         what = f"round {self.round} of session {self.session_id}"
-        reply = post_signed(
-            self.connection, self.path, body, who=self.who, what=what, timeout=self.timeout, deadline=self.deadline
+        reply = self.call.post(
+            EXCHANGE_PATH,
+            body,
+            purpose=nodeauth.EXCHANGE,
+            model_id=self.model_id,
+            session_id=self.session_id,
+            party=0,
+            round_number=self.round,
+            what=what,
+            timeout=self.timeout,
         )
         self.traffic.sent += len(body)
         self.traffic.received += len(reply)
         try:
             tensors, reply_meta = wire.unpack(reply)
-        except wire.WireError as error:
-            raise BadGateway(f"{self.who} answered {what} with a malformed message: {error}") from None
-        _check_reply_meta(reply_meta, session_id=self.session_id, round_number=self.round, who=self.who)
+        except wire.WireError:
+            raise BadGateway(f"{self.call.who} gave a bad answer to {what}: not an SMPC message.") from None
+        if reply_meta.get("session") != self.session_id or reply_meta.get("round") != self.round:
+            raise BadGateway(f"{self.call.who} gave a bad answer to {what}: another session or round.")
         self.round += 1
         return tensors
 
     def close(self) -> None:
-        """Drop the kept-alive connection."""
-        self.connection.close()
+        """Give the kept-alive connection back (a failed request already dropped it)."""
+        self.call.close()
 
 
 def _address(session_id: str) -> bytes:
@@ -231,13 +357,24 @@ def _same_user(connection: socket.socket) -> bool:
     return uid == os.getuid()
 
 
-class SessionMailbox:
-    """Party 1's side: waits for party 0's message of each round and hands back its own, via `deliver`."""
+_ACCEPTED = b"ok"
 
-    def __init__(self, *, session_id: str, traffic: Traffic, deadline: Deadline | None = None) -> None:
+
+class SessionMailbox:
+    """Party 1's side: takes party 0's message of each round, once, and hands back its own, via `deliver`.
+
+    A message reaches it in two steps: first its signed label (sender, model, round), which it accepts
+    only from the session's peer for the round it waits for; only then is the body read from the network
+    and passed on. A replayed or stray message is refused without reading its body and without ending
+    the session; the session's own peer sending out of order ends it.
+    """
+
+    def __init__(
+        self, *, session_id: str, model_id: str, peer_key: str, traffic: Traffic, deadline: Deadline | None = None
+    ) -> None:
         self.timeout = settings.GRIDNODE_SMPC_TIMEOUT
         self.deadline = deadline if deadline is not None else Deadline()
-        self.session_id, self.traffic = session_id, traffic
+        self.session_id, self.model_id, self.peer_key, self.traffic = session_id, model_id, peer_key, traffic
         self.round = 0
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -246,6 +383,16 @@ class SessionMailbox:
             self.socket.close()
             raise Conflict(f"Session {session_id} is already running on this node: use a fresh session id.") from None
         self.socket.listen(8)
+
+    def _refusal(self, label: dict) -> str | None:
+        """Why a message's label is not this session's next one from its peer (None when it is)."""
+        if label.get("sender") != self.peer_key or label.get("party") != 0:
+            return "the message is signed by a node that is not this session's party 0"
+        if label.get("model") != self.model_id:
+            return "the message is for another model than this session's"
+        if label.get("round") != self.round:
+            return f"this session waits for round {self.round}, not round {label.get('round')}"
+        return None
 
     def exchange(self, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Take party 0's message for this round, answer with ours."""
@@ -266,20 +413,25 @@ class SessionMailbox:
                     continue  # someone else on this host; the peer's message comes through our own processes
                 connection.settimeout(self.deadline.cap(self.timeout))
                 try:
+                    label = json.loads(_receive_frame(connection, 4096))
+                    refusal = self._refusal(label) if isinstance(label, dict) else "a malformed label"
+                    _send_frame(connection, _ACCEPTED if refusal is None else refusal.encode())
+                    if refusal is not None:
+                        continue  # a replay or a stranger: refused, and the session goes on
                     message = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
                     tensors, meta = wire.unpack(message)
-                except (OSError, wire.WireError) as error:
+                except (OSError, ValueError) as error:
                     if isinstance(error, TimeoutError) and self.deadline.passed():
                         raise self.deadline.exceeded() from None
-                    raise BadGateway(f"The peer worker's message for {what} was broken: {error}") from None
+                    raise BadGateway(f"The peer worker's message for {what} was broken.") from None
                 if meta.get("session") != self.session_id or meta.get("round") != self.round:
                     _send_frame(connection, wire.pack({}, {"error": f"this node expected {what}"}))
                     raise BadGateway(f"The peer worker sent a message out of order instead of {what}.")
                 reply = wire.pack(payload, {"session": self.session_id, "round": self.round})
                 try:
                     _send_frame(connection, reply)
-                except OSError as error:
-                    raise BadGateway(f"The peer worker's request for {what} went away: {error}") from None
+                except OSError:
+                    raise BadGateway(f"The peer worker's request for {what} went away.") from None
             self.traffic.received += len(message)
             self.traffic.sent += len(reply)
             self.round += 1
@@ -290,28 +442,47 @@ class SessionMailbox:
         self.socket.close()
 
 
-def deliver(*, session_id: str, message: bytes) -> bytes:
-    """Hand party 0's message to this node's evaluation of the session and answer party 1's reply."""
-    timeout = settings.GRIDNODE_SMPC_TIMEOUT
+def _connect(session_id: str, *, wait: bool, timeout: float) -> socket.socket:
+    """A connection to this node's evaluation of the session; with `wait`, for one that is about to start."""
     deadline = time.monotonic() + timeout
-    # The client's request to this node may arrive after party 0's first message: wait for it.
     while True:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             connection.connect(_address(session_id))
-            break
+            return connection
         except (ConnectionRefusedError, FileNotFoundError):
             connection.close()
+            if not wait:
+                raise Conflict(f"No evaluation of session {session_id} is running on this node.") from None
             if time.monotonic() >= deadline:
                 raise GatewayTimeout(
                     f"No evaluation of session {session_id} is running on this node "
                     f"(nothing within {timeout:g} s): did the client reach it?"
                 ) from None
             time.sleep(_CONNECT_RETRY_SECONDS)
+
+
+def deliver(*, label: nodeauth.MessageLabel, read_body: Callable[[], bytes]) -> bytes:
+    """Hand party 0's signed message to this node's evaluation of its session; answer party 1's reply.
+
+    The evaluation accepts the label first; the body is read from the network only after that. A first
+    round may arrive before the client's request to this node, so only round 0 waits for the evaluation
+    to start (and round 0 is accepted once per session, see `runtime.exchange_claim`).
+    """
+    timeout = settings.GRIDNODE_SMPC_TIMEOUT
+    session_id = label.session_id
+    started = time.monotonic()
+    connection = _connect(session_id, wait=label.round == 0, timeout=timeout)
     with connection:
-        connection.settimeout(max(0.1, deadline - time.monotonic()))
+        connection.settimeout(max(0.1, started + timeout - time.monotonic()))
         try:
-            _send_frame(connection, message)
+            header = {"sender": label.sender, "party": label.party, "model": label.model_id, "round": label.round}
+            _send_frame(connection, json.dumps(header).encode())
+            verdict = _receive_frame(connection, 4096)
+            if verdict != _ACCEPTED:
+                raise Conflict(f"This node refused the message: {verdict.decode('utf-8', 'replace')}.")
+            body = read_body()
+            _send_frame(connection, body)
             reply = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
         except TimeoutError:
             raise GatewayTimeout(f"This node's evaluation of session {session_id} did not answer in time.") from None

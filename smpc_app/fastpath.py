@@ -2,19 +2,20 @@
 
 An encrypted inference of the reference MLP takes 19 rounds, one after another, so every millisecond
 a round costs is paid 19 times on the client's latency. This path runs exactly what the DRF view runs
-(`nodeauth.verify`, `runtime.message_session_id`, `channels.deliver`) without Django's request
+(`nodeauth.check_request` on the headers, `runtime.exchange_authorize`, `channels.deliver`, which reads
+the body only once the session's evaluation accepted the signed label) without Django's request
 machinery, and answers errors in the same JSON shape through the same exceptions. Requests it should
-not judge (a missing, bad or too large Content-Length, a host Django would refuse) go to Django unchanged.
+not judge (a query string, a host Django would refuse) go to Django unchanged.
 """
 
 import http
-import io
 import logging
 from time import perf_counter
 
 from django.conf import settings
+from django.db import close_old_connections
 
-from gridnode.errors import GridError
+from gridnode.errors import BadRequest, GridError
 from gridnode.http import SECURITY_HEADERS, host_allowed
 from gridnode.observability import observe_request
 from smpc_app import channels, nodeauth, runtime
@@ -22,6 +23,21 @@ from smpc_app import channels, nodeauth, runtime
 logger = logging.getLogger(__name__)
 
 EXCHANGE_PATHS = {channels.EXCHANGE_PATH, channels.EXCHANGE_PATH + "/"}
+_MESSAGE = "HTTP_" + nodeauth.MESSAGE_HEADER.upper().replace("-", "_")
+_SIGNATURE = "HTTP_" + nodeauth.SIGNATURE_HEADER.upper().replace("-", "_")
+
+
+def _content_length(environ) -> int | None:
+    value = environ.get("CONTENT_LENGTH") or ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 16 else None
+
+
+def _read_signed_body(environ, label: nodeauth.MessageLabel) -> bytes:
+    body = environ["wsgi.input"].read(label.length)
+    if len(body) != label.length:
+        raise BadRequest("The request body ended before its Content-Length.")
+    nodeauth.check_body(label, body)
+    return body
 
 
 class SessionExchangeFastPath:
@@ -36,35 +52,35 @@ class SessionExchangeFastPath:
             environ.get("PATH_INFO") not in EXCHANGE_PATHS
             or environ.get("REQUEST_METHOD") != "POST"
             or environ.get("QUERY_STRING")
+            or not host_allowed(environ)
         ):
             return self.app(environ, start_response)
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE or not host_allowed(environ):
-            return self.app(environ, start_response)
         started = perf_counter()
-        body = environ["wsgi.input"].read(length)
-        if len(body) != length:  # cut short: Django's WholeBodies answers that
-            environ["wsgi.input"] = io.BytesIO(body)
-            return self.app(environ, start_response)
+        headers = []
         try:
-            nodeauth.verify(
-                method="POST",
-                path=environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"],
-                timestamp=environ.get("HTTP_" + nodeauth.TIMESTAMP_HEADER.upper().replace("-", "_"), ""),
-                signature=environ.get("HTTP_" + nodeauth.SIGNATURE_HEADER.upper().replace("-", "_"), ""),
-                body=body,
+            signature = environ.get(_SIGNATURE, "")
+            label = nodeauth.check_request(
+                purpose=nodeauth.EXCHANGE,
+                header=environ.get(_MESSAGE, ""),
+                signature=signature,
+                content_length=_content_length(environ),
+                limit=settings.GRIDNODE_MAX_BODY_BYTES,
             )
-            content = channels.deliver(session_id=runtime.message_session_id(body), message=body)
+            if label.round == 0:
+                close_old_connections()  # as Django does around a request: the first round asks the database
+                try:
+                    runtime.exchange_authorize(label)
+                finally:
+                    close_old_connections()
+            content = channels.deliver(label=label, read_body=lambda: _read_signed_body(environ, label))
             status, content_type = 200, "application/octet-stream"
+            headers = list(nodeauth.sign_reply(request_signature=signature, status=200, body=content).items())
         except GridError as error:
             answer = error.response()
             status, content, content_type = answer.status_code, answer.content, answer["Content-Type"]
         start_response(
             f"{status} {http.HTTPStatus(status).phrase}",
-            [("Content-Type", content_type), ("Content-Length", str(len(content))), *SECURITY_HEADERS],
+            [("Content-Type", content_type), ("Content-Length", str(len(content))), *headers, *SECURITY_HEADERS],
         )
         try:
             observe_request(

@@ -4,6 +4,7 @@ from django.db import models
 
 from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
 from smpc_app.addresses import MAX_URL_LENGTH, validate_canonical_node_url
+from smpc_app.identity import PUBLIC_KEY_RE, PUBLIC_KEY_RULE
 
 DESCRIPTION_MAX_LENGTH = 10_000
 
@@ -50,6 +51,36 @@ class WorkerNode(models.Model):
                 violation_error_message="Another worker node has this node id.",
             ),
         ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class TrustedNode(models.Model):
+    """A node this node's operator trusts with encrypted models: its address and its Ed25519 public key.
+
+    This node sends SMPC requests only to trusted nodes, accepts them only from trusted nodes (each
+    signed with that node's key), and runs a model only when every node its registration names is one.
+    """
+
+    url = models.CharField(
+        "URL",
+        max_length=MAX_URL_LENGTH,
+        unique=True,
+        validators=[validate_canonical_node_url],
+        help_text="The node's address as registrations name it, an absolute http(s) URL in canonical form.",
+    )
+    public_key = models.CharField(
+        max_length=43,
+        unique=True,
+        validators=[RegexValidator(f"^{PUBLIC_KEY_RE.pattern}$", f"A public key is {PUBLIC_KEY_RULE}.")],
+        help_text="What `manage.py smpc_identity` prints on that node.",
+    )
+    label = models.CharField(max_length=200, blank=True, default="", help_text="A name for operators.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["url"]
 
     def __str__(self) -> str:
         return self.url
@@ -169,6 +200,12 @@ class ModelShare(models.Model):
                 name="modelshare_party_fits_role",
                 violation_error_message="A worker's part has party 0 or 1; the crypto provider's has none.",
             ),
+            # Any two of a model's three parts rebuild its weights: no part is ever handed out again.
+            models.CheckConstraint(
+                condition=models.Q(allow_download=False),
+                name="modelshare_never_downloadable",
+                violation_error_message="An encrypted model's part is never downloadable: any two parts rebuild it.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -190,6 +227,28 @@ class RandomnessSession(models.Model):
     nonce = models.BinaryField(max_length=16)
     served_party_0 = models.BooleanField(default=False)
     served_party_1 = models.BooleanField(default=False)
+    # Who got each half (the public key that signed the request), so that no node ever gets both.
+    party_0_node = models.CharField(max_length=43, blank=True, default="")
+    party_1_node = models.CharField(max_length=43, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.session_id
+
+
+class ExchangeSession(models.Model):
+    """A session whose first exchange this node (as party 1) accepted: a replayed first message is refused.
+
+    Later rounds are accepted only by the session's running evaluation, once each, so this row is what
+    keeps a captured message from starting anything again once its session is over.
+    """
+
+    session_id = models.CharField(max_length=32, unique=True)
+    model_id = models.CharField(max_length=128)
+    peer_key = models.CharField(max_length=43)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

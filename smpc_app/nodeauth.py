@@ -1,72 +1,196 @@
-"""Requests between the nodes of one encrypted model, signed with the secret they share.
+"""Signed messages between the nodes of an encrypted model, and their signed replies.
 
-Worker-to-worker messages and the provider's randomness are for nodes only, never for clients: a
-client holding both workers' randomness could unmask the weights. Each such request carries an
-HMAC-SHA256 over its method, path, a timestamp and the body's digest, keyed by GRIDNODE_SMPC_SECRET.
-Requests older than `MAX_CLOCK_SKEW` seconds are refused; within that window a replay is caught by the
-protocol itself (each exchange round and each party's randomness is accepted once).
+Every node-to-node request carries an `X-Gridnode-Message` header naming what it is (its purpose, the
+sender's and the recipient's public keys, the model, the session, the party, the round, a timestamp,
+the body's length and SHA-256), and `X-Gridnode-Signature`, the sender's Ed25519 signature over that
+header. So the recipient judges a request from its headers alone, before it reads the body or does any
+work: it must be addressed to this node's key, fresh (`MAX_CLOCK_SKEW`), signed by the key it names,
+and its Content-Length the one signed. Whether that key may send it (a trusted node, registered in that
+role of that model) and whether the message was seen before are the endpoints' checks (`smpc_app.runtime`,
+`smpc_app.channels`): each message is accepted once, because each (session, party, round) is.
 
-Any holder of the secret can speak for any node of the deployment, so it must never reach clients.
+Replies are signed by the recipient over the request's signature, the status and the reply's digest,
+and the caller checks them against the key it expects, so an answer is bound to the one request.
 """
 
 import hashlib
-import hmac
 import time
+from dataclasses import dataclass
 
-from django.conf import settings
+from gridnode.errors import BadRequest, GridError, PayloadTooLarge
+from gridnode.http import OBJECT_ID_RE
+from smpc_app.identity import NodeIdentity, is_public_key, node_identity, verify_signature
 
-from gridnode.errors import GridError, ServiceUnavailable
-
+MESSAGE_HEADER = "X-Gridnode-Message"
 SIGNATURE_HEADER = "X-Gridnode-Signature"
-TIMESTAMP_HEADER = "X-Gridnode-Timestamp"
+REPLY_HEADER = "X-Gridnode-Reply"
+REPLY_SIGNATURE_HEADER = "X-Gridnode-Reply-Signature"
 MAX_CLOCK_SKEW = 300
-_KEY_PURPOSE = b"gridnode smpc node authentication v1\x00"
+RANDOMNESS = "randomness"
+EXCHANGE = "exchange"
+# A randomness request is a few hundred bytes of meta; nothing larger is read.
+MAX_RANDOMNESS_REQUEST_BYTES = 64 * 1024
+MAX_ROUND = 100_000
+_VERSION = "v1"
+_REQUEST_PURPOSE = b"gridnode smpc request v1\n"
+_REPLY_PURPOSE = b"gridnode smpc reply v1\n"
+_FIELDS = 11
 
 
 class NodeAuthenticationFailed(GridError):
-    """A request that should come from a peer node carries no valid signature."""
+    """A request that should come from a peer node is not signed for this node by the key it names."""
 
     status = 401
 
 
-def _key() -> bytes:
-    """The signing key, or a 503 when this node has no SMPC secret."""
-    if not settings.GRIDNODE_SMPC_SECRET:
-        raise ServiceUnavailable(
-            "This node takes no part in encrypted inference: its operator has not set GRIDNODE_SMPC_SECRET."
+@dataclass(frozen=True)
+class MessageLabel:
+    """What a signed request says it is; its text is what the sender signs."""
+
+    purpose: str
+    sender: str
+    recipient: str
+    model_id: str
+    session_id: str
+    party: int
+    round: int
+    timestamp: int
+    length: int
+    body_sha256: str
+
+    def text(self) -> str:
+        """The header's value."""
+        return " ".join(
+            [
+                _VERSION,
+                self.purpose,
+                self.sender,
+                self.recipient,
+                self.model_id,
+                self.session_id,
+                str(self.party),
+                str(self.round),
+                str(self.timestamp),
+                str(self.length),
+                self.body_sha256,
+            ]
         )
-    return hashlib.sha256(_KEY_PURPOSE + settings.GRIDNODE_SMPC_SECRET.encode()).digest()
 
 
-def _signature(key: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:
-    message = b"\n".join([method.upper().encode(), path.encode(), timestamp.encode(), hashlib.sha256(body).digest()])
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+def sign_request(
+    *,
+    purpose: str,
+    recipient: str,
+    model_id: str,
+    session_id: str,
+    party: int,
+    round_number: int,
+    body: bytes,
+    identity: NodeIdentity | None = None,
+    timestamp: int | None = None,
+) -> tuple[dict[str, str], str]:
+    """The headers that let `recipient` (a public key) accept this body, and the signature in them.
+
+    Signed by this node unless another `identity` is given (tests play other nodes with it).
+    """
+    identity = identity or node_identity()
+    label = MessageLabel(
+        purpose=purpose,
+        sender=identity.public_key,
+        recipient=recipient,
+        model_id=model_id,
+        session_id=session_id,
+        party=party,
+        round=round_number,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+        length=len(body),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )
+    text = label.text()
+    signature = identity.sign(_REQUEST_PURPOSE + text.encode())
+    return {MESSAGE_HEADER: text, SIGNATURE_HEADER: signature}, signature
 
 
-def signed_headers(method: str, path: str, body: bytes) -> dict[str, str]:
-    """The headers that let a peer node accept this request."""
-    timestamp = str(int(time.time()))
-    return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: _signature(_key(), method, path, timestamp, body)}
+def _number(text: str, limit: int) -> int | None:
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        return None
+    value = int(text)
+    return value if value <= limit else None
 
 
-def verify_request(request, body: bytes) -> None:
-    """Nothing when a Django request is signed by a node holding our secret; otherwise a 401 (or 503)."""
-    verify(
-        method=request.method,
-        path=request.path,
-        timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
-        signature=request.headers.get(SIGNATURE_HEADER, ""),
-        body=body,
+def _parse(text: str) -> MessageLabel | None:
+    """The label a header names, or None when it is not one."""
+    fields = text.split(" ")
+    if len(fields) != _FIELDS or fields[0] != _VERSION:
+        return None
+    _version, purpose, sender, recipient, model_id, session_id, party, round_text, timestamp, length, digest = fields
+    numbers = [_number(party, 1), _number(round_text, MAX_ROUND), _number(timestamp, 2**40), _number(length, 2**48)]
+    if (
+        purpose not in (RANDOMNESS, EXCHANGE)
+        or not is_public_key(sender)
+        or not is_public_key(recipient)
+        or not OBJECT_ID_RE.fullmatch(model_id)
+        or len(session_id) != 32
+        or not all(char in "0123456789abcdef" for char in session_id)
+        or None in numbers
+        or len(digest) != 64
+        or not all(char in "0123456789abcdef" for char in digest)
+    ):
+        return None
+    party_number, round_number, seconds, size = numbers
+    return MessageLabel(
+        purpose, sender, recipient, model_id, session_id, party_number, round_number, seconds, size, digest
     )
 
 
-def verify(*, method: str, path: str, timestamp: str, signature: str, body: bytes) -> None:
-    """Nothing when the signature is a peer node's over this request; otherwise a 401 (or 503)."""
-    key = _key()
-    if not timestamp or not signature:
+def check_request(*, purpose: str, header: str, signature: str, content_length: int | None, limit: int) -> MessageLabel:
+    """The label of a request signed for this node, judged from its headers alone; a 401/400/413 otherwise.
+
+    `limit` bounds the body: a larger signed length is a 413 before anything is read.
+    """
+    if not header or not signature:
         raise NodeAuthenticationFailed("This endpoint is for the nodes of an encrypted model: the request is unsigned.")
-    if not timestamp.isascii() or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_CLOCK_SKEW:
-        raise NodeAuthenticationFailed("The request's signature timestamp is missing, malformed or too old.")
-    expected = _signature(key, method, path, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+    label = _parse(header) if isinstance(header, str) and len(header) < 512 else None
+    if label is None or label.purpose != purpose:
+        raise NodeAuthenticationFailed(f"The request's {MESSAGE_HEADER} header is not a node's {purpose} message.")
+    if label.recipient != node_identity().public_key:
+        raise NodeAuthenticationFailed("The request is signed for another node.")
+    if abs(time.time() - label.timestamp) > MAX_CLOCK_SKEW:
+        raise NodeAuthenticationFailed("The request's signature is too old (or its sender's clock is off).")
+    if not verify_signature(label.sender, signature, _REQUEST_PURPOSE + header.encode()):
         raise NodeAuthenticationFailed("The request's node signature does not match.")
+    if content_length != label.length:
+        raise BadRequest("The request's Content-Length is not the length its sender signed.")
+    if label.length > limit:
+        raise PayloadTooLarge(f"The message is larger than this node accepts ({limit} bytes).")
+    return label
+
+
+def check_body(label: MessageLabel, body: bytes) -> None:
+    """A 400 unless the body read is the one signed."""
+    if len(body) != label.length or hashlib.sha256(body).hexdigest() != label.body_sha256:
+        raise BadRequest("The request's body is not the one its sender signed.")
+
+
+def _reply_message(request_signature: str, status: int, sender: str, digest: str) -> bytes:
+    return _REPLY_PURPOSE + f"{request_signature}\n{status}\n{sender}\n{digest}".encode()
+
+
+def sign_reply(
+    *, request_signature: str, status: int, body: bytes, identity: NodeIdentity | None = None
+) -> dict[str, str]:
+    """The headers binding this node's reply (status and body) to the request it answers."""
+    identity = identity or node_identity()
+    digest = hashlib.sha256(body).hexdigest()
+    signature = identity.sign(_reply_message(request_signature, status, identity.public_key, digest))
+    return {REPLY_HEADER: f"{identity.public_key} {digest}", REPLY_SIGNATURE_HEADER: signature}
+
+
+def reply_is_signed(*, sender: str, request_signature: str, status: int, header: str, signature: str, body: bytes):
+    """Whether a reply carries `sender`'s signature over its status and body, for this request."""
+    if not header or not signature:
+        return False
+    named, _, digest = header.partition(" ")
+    if named != sender or digest != hashlib.sha256(body).hexdigest():
+        return False
+    return verify_signature(sender, signature, _reply_message(request_signature, status, sender, digest))

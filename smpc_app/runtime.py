@@ -22,13 +22,15 @@ import threading
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from gridnode.errors import BadGateway, BadRequest, Conflict, ServiceUnavailable
-from smpc_app.channels import Deadline, PeerChannel, SessionMailbox, Traffic, node_connection, post_signed
-from smpc_app.models import RandomnessSession
+from gridnode.errors import BadGateway, BadRequest, Conflict, Forbidden, ServiceUnavailable
+from smpc_app import nodeauth, trust
+from smpc_app.channels import Deadline, NodeCall, PeerChannel, SessionMailbox, Traffic
+from smpc_app.identity import node_identity
+from smpc_app.models import ExchangeSession, NodeAssignment, RandomnessSession
 from smpc_app.shares import share_load
 from smpc_protocol import engine, randomness, wire
 
@@ -110,13 +112,24 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
     if len(workers) != 2:
         raise Conflict(f"'{model_id}' is registered with {len(workers)} workers: encrypted inference runs on two.")
     provider_url = share.registration.crypto_provider_urls[0]
+    peer_url = workers[1 - share.party]
+    peer_key, provider_key = _trusted_nodes(model_id, party=share.party, workers=workers, provider_url=provider_url)
     traffic = Traffic()
     traffic.received += len(body)
     # Party 1 listens before anything else, so party 0's first message finds it as early as possible.
-    channel = SessionMailbox(session_id=session_id, traffic=traffic, deadline=deadline) if share.party == 1 else None
+    channel = None
+    if share.party == 1:
+        channel = SessionMailbox(
+            session_id=session_id, model_id=model_id, peer_key=peer_key, traffic=traffic, deadline=deadline
+        )
     try:
         bundle, bundle_id = _fetch_randomness(
-            provider_url=provider_url,
+            provider=NodeCall(
+                url=provider_url,
+                public_key=provider_key,
+                who=f"The crypto provider at {provider_url}",
+                deadline=deadline,
+            ),
             model_id=model_id,
             session_id=session_id,
             party=share.party,
@@ -124,11 +137,15 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
             spec=spec,
             spec_digest=share.spec_digest,
             traffic=traffic,
-            deadline=deadline,
         )
         if channel is None:
             channel = PeerChannel(
-                peer_url=workers[1], model_id=model_id, session_id=session_id, traffic=traffic, deadline=deadline
+                peer_url=peer_url,
+                peer_key=peer_key,
+                model_id=model_id,
+                session_id=session_id,
+                traffic=traffic,
+                deadline=deadline,
             )
         evaluation = engine.Evaluation(
             spec=spec,
@@ -150,51 +167,93 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
     return wire.pack({"y": output}, {**meta, "bytes_sent": traffic.sent, "bytes_received": traffic.received})
 
 
-def _fetch_randomness(*, provider_url, model_id, session_id, party, batch, spec, spec_digest, traffic, deadline):
+def _trusted_nodes(model_id: str, *, party: int, workers: list[str], provider_url: str) -> tuple[str, str]:
+    """The public keys of this worker's peer and of the provider; a 409 unless this node trusts both.
+
+    This node calls no address it does not trust, and a registration that names this node's own key in
+    another role (or another node's key as this party) is refused: it could only be a mistake or a trap.
+    """
+    keys = trust.trusted_keys([*workers, provider_url])
+    peer_url = workers[1 - party]
+    for url, role in ((peer_url, f"party {1 - party}"), (provider_url, "crypto provider")):
+        if url not in keys:
+            raise Conflict(
+                f"'{model_id}' names {url} as its {role}, a node this node does not trust: "
+                "its operator must add it (manage.py smpc_trust add URL KEY, or the admin)."
+            )
+    own = node_identity().public_key
+    if own in (keys[peer_url], keys[provider_url]) or keys.get(workers[party], own) != own:
+        raise Conflict(f"'{model_id}' is registered with this node in another place than party {party}'s.")
+    return keys[peer_url], keys[provider_url]
+
+
+def _fetch_randomness(*, provider: NodeCall, model_id, session_id, party, batch, spec, spec_digest, traffic):
     """This worker's half of the session's randomness from the crypto provider, checked against the spec."""
     timeout = settings.GRIDNODE_SMPC_TIMEOUT
-    connection, prefix = node_connection(provider_url, timeout)
     body = wire.pack({}, {"session": session_id, "party": party, "batch": batch, "spec_digest": spec_digest})
-    who = f"The crypto provider at {provider_url}"
-    try:
-        reply = post_signed(
-            connection,
-            f"{prefix}/encrypted-models/{model_id}/randomness",
-            body,
-            who=who,
-            what=f"the randomness of session {session_id}",
-            timeout=timeout,
-            deadline=deadline,
-        )
-    finally:
-        connection.close()
+    what = f"the randomness of session {session_id}"
+    reply = provider.post(
+        f"/encrypted-models/{model_id}/randomness",
+        body,
+        purpose=nodeauth.RANDOMNESS,
+        model_id=model_id,
+        session_id=session_id,
+        party=party,
+        round_number=0,
+        what=what,
+        timeout=timeout,
+    )
     traffic.sent += len(body)
     traffic.received += len(reply)
+    bad_answer = f"{provider.who} gave a bad answer to {what}"
     try:
         bundle, meta = wire.unpack(reply)
-    except wire.WireError as error:
-        raise BadGateway(f"{who} sent malformed randomness: {error}.") from None
+    except wire.WireError:
+        raise BadGateway(f"{bad_answer}: not an SMPC message.") from None
     expected = randomness.bundle_shapes(spec, batch)
     if {name: tuple(tensor.shape) for name, tensor in bundle.items()} != expected:
-        raise BadGateway(f"{who} sent randomness for another model or batch.")
+        raise BadGateway(f"{bad_answer}: randomness for another model or batch.")
     bundle_id = meta.get("bundle_id")
     if not isinstance(bundle_id, str):
-        raise BadGateway(f"{who} sent randomness without its id.")
+        raise BadGateway(f"{bad_answer}: randomness without its id.")
     return bundle, bundle_id
 
 
-def provider_deal(*, model_id: str, body: bytes) -> bytes:
-    """One worker's half of a session's correlated randomness (a packed message), dealt once per party."""
+def _signed_for(label: nodeauth.MessageLabel, model_id: str) -> None:
+    if label.model_id != model_id:
+        raise nodeauth.NodeAuthenticationFailed("The request is signed for another model than its path names.")
+
+
+def provider_authorize(*, model_id: str, label: nodeauth.MessageLabel) -> None:
+    """A 403 unless the signer is the trusted node this node's registration names as the party it asks for.
+
+    Judged from the signed headers, before the body is read: party p's half goes to workers[p] only.
+    """
+    _signed_for(label, model_id)
+    if not trust.is_registered_as(
+        public_key=label.sender, model_id=model_id, role=NodeAssignment.Role.WORKER, position=label.party
+    ):
+        raise Forbidden(
+            f"The signing node is not party {label.party} of '{model_id}' on this node "
+            "(a trusted node at the address its registration names for that party)."
+        )
+
+
+def provider_deal(*, model_id: str, label: nodeauth.MessageLabel, body: bytes) -> bytes:
+    """One worker's half of a session's correlated randomness (a packed message), dealt once per party.
+
+    `label` is the request's checked signature (see `provider_authorize`); the body must say the same.
+    """
     _tensors, meta = _unpack(body, "request body")
     session_id = _session_id(meta)
     party = meta.get("party")
-    if party not in (0, 1) or isinstance(party, bool):
-        raise BadRequest("'party' must be 0 or 1.")
+    if session_id != label.session_id or party != label.party or isinstance(party, bool):
+        raise BadRequest("The message's session and party must be the ones its signature names.")
     batch = _batch(meta.get("batch"))
     share, spec, provider_part = share_load(model_id=model_id, role="crypto_provider")
     if meta.get("spec_digest") != share.spec_digest:
         raise Conflict(f"The worker's model '{model_id}' is not the one this crypto provider holds a mask for.")
-    nonce = _session_claim(session_id=session_id, model_id=model_id, batch=batch, party=party)
+    nonce = _session_claim(session_id=session_id, model_id=model_id, batch=batch, party=party, node=label.sender)
     key = hashlib.sha256(_SEED_PURPOSE + settings.SECRET_KEY.encode()).digest()
     seed = hmac.new(key, nonce + session_id.encode(), hashlib.sha256).digest()
     bundle = randomness.party_bundle(spec=spec, provider_part=provider_part, batch=batch, seed=seed, party=party)
@@ -203,32 +262,43 @@ def provider_deal(*, model_id: str, body: bytes) -> bytes:
     return wire.pack(bundle, {"bundle_id": bundle_id})
 
 
-def _session_claim(*, session_id: str, model_id: str, batch: int, party: int) -> bytes:
-    """The session's nonce, after marking `party` served; a 409 when it was served before.
-
-    One statement inserts the session or marks the party on the existing row, and only when that party
-    was not served yet, so two requests for one party can never both get it. On PostgreSQL it commits
-    without waiting for the disk: a crash may forget a session, and then a later request draws a new
-    nonce, whose randomness the other party's does not match. The workers check that they hold the same
-    randomness before their first exchange (`engine.Evaluation`), so such a session fails, never misleads.
-    """
+def _prune(model) -> None:
+    """Now and then, delete a table's session rows older than SESSION_RECORD_DAYS."""
     if secrets.randbelow(PRUNE_ONE_IN) == 0:
         cutoff = timezone.now() - timedelta(days=SESSION_RECORD_DAYS)
-        RandomnessSession.objects.filter(created_at__lt=cutoff).delete()
-    served = f"served_party_{party}"
+        model.objects.filter(created_at__lt=cutoff).delete()
+
+
+def _session_claim(*, session_id: str, model_id: str, batch: int, party: int, node: str) -> bytes:
+    """The session's nonce, after marking `party` served to `node`; a 409 when it was served before.
+
+    One statement inserts the session or marks the party on the existing row, only when that party was
+    not served yet and the other half did not go to the same node, so two requests for one party can
+    never both get it and no node ever holds both halves. On PostgreSQL it commits without waiting for
+    the disk: a crash may forget a session, and then a later request draws a new nonce, whose randomness
+    the other party's does not match. The workers check that they hold the same randomness before their
+    first exchange (`engine.Evaluation`), so such a session fails, never misleads.
+    """
+    _prune(RandomnessSession)
+    served, node_column, other_node = f"served_party_{party}", f"party_{party}_node", f"party_{1 - party}_node"
     table = RandomnessSession._meta.db_table
+    nodes = (node, "") if party == 0 else ("", node)
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
         cursor.execute(
-            f"INSERT INTO {table} (session_id, model_id, batch, nonce, served_party_0, served_party_1, created_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            f"ON CONFLICT (session_id) DO UPDATE SET {served} = %s WHERE {table}.{served} = %s "
+            f"INSERT INTO {table} (session_id, model_id, batch, nonce, served_party_0, served_party_1, "
+            "party_0_node, party_1_node, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            f"ON CONFLICT (session_id) DO UPDATE SET {served} = %s, {node_column} = %s "
+            f"WHERE {table}.{served} = %s AND {table}.{other_node} <> %s "
             "RETURNING model_id, batch, nonce",
-            [session_id, model_id, batch, os.urandom(16), party == 0, party == 1, timezone.now(), True, False],
+            [session_id, model_id, batch, os.urandom(16), party == 0, party == 1, *nodes, timezone.now()]
+            + [True, node, False, node],
         )
         claimed = cursor.fetchone()
     if claimed is None:
+        if RandomnessSession.objects.filter(session_id=session_id, **{other_node: node}).exists():
+            raise Conflict(f"The other half of session {session_id} went to this same node: a node never gets both.")
         raise Conflict(f"Party {party}'s randomness for session {session_id} was already dealt: use a new session id.")
     claimed_model_id, claimed_batch, nonce = claimed
     if claimed_model_id != model_id or claimed_batch != batch:
@@ -236,13 +306,25 @@ def _session_claim(*, session_id: str, model_id: str, batch: int, party: int) ->
     return bytes(nonce)
 
 
-def message_session_id(body: bytes) -> str:
-    """The session a packed message belongs to, from its header alone; a 400 when it names none.
-
-    The tensors are read once, by the evaluation the message is for.
+def exchange_authorize(label: nodeauth.MessageLabel) -> None:
+    """For a session's first exchange: a 403 unless the signer is party 0 of the model where this node is
+    party 1, then a 409 when that first message was accepted before (a replay). Later rounds are judged by
+    the session's running evaluation alone (`channels.SessionMailbox`), so they cost no query.
     """
+    if label.round != 0:
+        return
+    if label.party != 0 or not trust.is_registered_as(
+        public_key=label.sender, model_id=label.model_id, role=NodeAssignment.Role.WORKER, position=0
+    ):
+        raise Forbidden(f"The signing node is not party 0 of '{label.model_id}' on this node.")
+    _prune(ExchangeSession)
     try:
-        meta = wire.unpack_meta(body)
-    except wire.WireError as error:
-        raise BadRequest(f"The request body is not an SMPC message: {error}.") from None
-    return _session_id(meta)
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as in _session_claim
+            ExchangeSession.objects.create(session_id=label.session_id, model_id=label.model_id, peer_key=label.sender)
+    except IntegrityError:
+        raise Conflict(
+            f"Session {label.session_id} was started on this node before: a message is accepted once."
+        ) from None

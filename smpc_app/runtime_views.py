@@ -5,6 +5,7 @@ int64 tensors, and a 784-input share is 6 KiB raw. Errors are JSON in the one er
 everywhere else.
 """
 
+from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import renderers, viewsets
@@ -17,15 +18,43 @@ from smpc_app import channels, nodeauth, runtime
 
 MESSAGE_TYPE = "application/octet-stream"
 _MESSAGE = {MESSAGE_TYPE: {"type": "string", "format": "binary"}}
-_BUSY_OR_UNSET = (
-    "This node has no GRIDNODE_SMPC_SECRET, or is running GRIDNODE_SMPC_MAX_SESSIONS evaluations per process."
-)
+_BUSY = "This node is running GRIDNODE_SMPC_MAX_SESSIONS evaluations per process: try again shortly."
 _UNKNOWN_FORMAT = "An unknown ?format= (json and smpc are known)."
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 
 
 def _message_response(raw: bytes) -> HttpResponse:
     return HttpResponse(raw, content_type=MESSAGE_TYPE)
+
+
+def _content_length(request) -> int | None:
+    value = request.META.get("CONTENT_LENGTH") or ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 16 else None
+
+
+def _signed_label(request, purpose: str, limit: int) -> nodeauth.MessageLabel:
+    """The request's checked label, from its headers alone (the body is not read yet)."""
+    return nodeauth.check_request(
+        purpose=purpose,
+        header=request.headers.get(nodeauth.MESSAGE_HEADER, ""),
+        signature=request.headers.get(nodeauth.SIGNATURE_HEADER, ""),
+        content_length=_content_length(request),
+        limit=limit,
+    )
+
+
+def _signed_body(request, label: nodeauth.MessageLabel) -> bytes:
+    body = request.body
+    nodeauth.check_body(label, body)
+    return body
+
+
+def _signed_response(request, raw: bytes) -> HttpResponse:
+    response = _message_response(raw)
+    signature = request.headers.get(nodeauth.SIGNATURE_HEADER, "")
+    for name, value in nodeauth.sign_reply(request_signature=signature, status=200, body=raw).items():
+        response[name] = value
+    return response
 
 
 class MessageRenderer(renderers.BaseRenderer):
@@ -60,7 +89,7 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         request=_MESSAGE,
         responses={
             (200, MESSAGE_TYPE): OpenApiResponse({"type": "string", "format": "binary"}, "This worker's output share."),
-            **errors(400, 401, 403, 404, 409, 411, 413, 502, 503, 504, e503=_BUSY_OR_UNSET),
+            **errors(400, 401, 403, 404, 409, 411, 413, 502, 503, 504, e503=_BUSY),
         },
     )
     @requires(INFERENCE)
@@ -77,16 +106,20 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         request=_MESSAGE,
         responses={
             (200, MESSAGE_TYPE): OpenApiResponse({"type": "string", "format": "binary"}, "One party's bundle."),
-            **errors(400, 401, 403, 404, 409, 411, 413, 503),
+            **errors(400, 401, 403, 404, 409, 411, 413),
         },
     )
     @requires(NODES)
     def deal(self, request, model_id):
-        """POST /encrypted-models/<id>/randomness: one worker's half of a session's randomness."""
-        body = request.body
-        nodeauth.verify_request(request, body)
+        """POST /encrypted-models/<id>/randomness: one worker's half of a session's randomness.
+
+        Judged by its signed headers (sender, recipient, model, session, party) before the body is read.
+        """
+        label = _signed_label(request, nodeauth.RANDOMNESS, nodeauth.MAX_RANDOMNESS_REQUEST_BYTES)
         model_id = check_object_id(model_id, "model_id")
-        return _message_response(runtime.provider_deal(model_id=model_id, body=body))
+        runtime.provider_authorize(model_id=model_id, label=label)
+        reply = runtime.provider_deal(model_id=model_id, label=label, body=_signed_body(request, label))
+        return _signed_response(request, reply)
 
     @extend_schema(
         operation_id="exchange_smpc_round",
@@ -95,12 +128,16 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         request=_MESSAGE,
         responses={
             (200, MESSAGE_TYPE): OpenApiResponse({"type": "string", "format": "binary"}, "Party 1's message."),
-            **errors(400, 401, 404, 409, 411, 413, 502, 503, 504, e404=_UNKNOWN_FORMAT),
+            **errors(400, 401, 403, 404, 409, 411, 413, 502, 504, e404=_UNKNOWN_FORMAT),
         },
     )
     @requires(NODES)
     def exchange(self, request):
-        """POST /smpc/exchange: pass party 0's message to this node's evaluation and answer its reply."""
-        body = request.body
-        nodeauth.verify_request(request, body)
-        return _message_response(channels.deliver(session_id=runtime.message_session_id(body), message=body))
+        """POST /smpc/exchange: pass party 0's message to this node's evaluation and answer its reply.
+
+        The same steps as the WSGI fast path (`smpc_app.fastpath`), which answers most of these.
+        """
+        label = _signed_label(request, nodeauth.EXCHANGE, settings.GRIDNODE_MAX_BODY_BYTES)
+        runtime.exchange_authorize(label)
+        reply = channels.deliver(label=label, read_body=lambda: _signed_body(request, label))
+        return _signed_response(request, reply)

@@ -38,6 +38,10 @@ from smpc_protocol.hosting import expected_part_shapes
 from smpc_protocol.spec import ModelSpec
 
 _PARTIES = {0: 0, 1: 1, "0": 0, "1": 1}
+_NEVER_DOWNLOADABLE = {
+    **BOOLEAN_FIELD,
+    "description": "Only false: any two parts of a model rebuild its weights, so parts are never downloadable.",
+}
 
 
 class ShareBytesRenderer(renderers.BaseRenderer):
@@ -102,13 +106,13 @@ _UPLOAD_BODY = {
         },
         "encoding": ENCODING_FIELD,
         "allow_remote_inference": BOOLEAN_FIELD,
-        "allow_download": BOOLEAN_FIELD,
+        "allow_download": _NEVER_DOWNLOADABLE,
     },
     "required": ["role", "spec", "share"],
 }
 _PERMISSIONS_BODY = {
     "type": "object",
-    "properties": {"allow_remote_inference": BOOLEAN_FIELD, "allow_download": BOOLEAN_FIELD},
+    "properties": {"allow_remote_inference": BOOLEAN_FIELD, "allow_download": _NEVER_DOWNLOADABLE},
 }
 
 
@@ -147,7 +151,6 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
                     "encoding": "base64",
                     "share": _example_provider_part(_EXAMPLE_SPEC),
                     "allow_remote_inference": True,
-                    "allow_download": True,
                 },
                 request_only=True,
                 media_type="application/json",

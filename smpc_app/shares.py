@@ -40,6 +40,10 @@ from smpc_protocol.spec import ModelSpec, SpecError
 SHARE_NOT_FOUND = "This node holds no share of this encrypted model."
 NOT_ALLOWED_TO_INFER = "Remote inference is not allowed for this encrypted model."
 NOT_ALLOWED_TO_DOWNLOAD = "You're not allowed to download this encrypted model's share."
+NEVER_DOWNLOADABLE = (
+    "'allow_download' cannot be true for an encrypted model's part: any two of a model's parts rebuild its "
+    "weights, so no part is ever handed out again (the owner keeps the model itself)."
+)
 # The keys of `ModelSpec.to_json()`: checked here because SpecError would name unknown keys, and an error
 # never echoes the payload.
 SPEC_KEYS = ("version", "input_shape", "layers")
@@ -70,6 +74,12 @@ class StagedShare:
         """Remove the staged file if the node made it."""
         if self.owned:
             self.path.unlink(missing_ok=True)
+
+
+def share_download_check(allow_download: bool | None) -> None:
+    """A 400 when asked to make a part downloadable: whoever could fetch two parts would hold the model."""
+    if allow_download:
+        raise BadRequest(NEVER_DOWNLOADABLE)
 
 
 def share_role_check(*, role, party) -> tuple[str, int | None]:
@@ -220,6 +230,7 @@ def share_save(
     The file is written first and removed again if the row is not inserted, so nothing is half-stored.
     """
     try:
+        share_download_check(allow_download)
         share_available(registration=registration)
         with StagedFile(staged.path) as staged_file:
             name = default_storage.save(f"shares/{uuid.uuid4().hex}.pt", staged_file)
@@ -274,6 +285,7 @@ def share_store(
     A 404 without the registration, a 400 for a bad role, party or spec, a 409 when it already has a
     share here, then a 400 (or 413) for a file that is not the part the spec needs for the role.
     """
+    share_download_check(allow_download)
     registration = _registration(model_id)
     role, party = share_role_check(role=role, party=party)
     spec = share_spec_check(spec_json=spec_json)
@@ -311,7 +323,8 @@ def share_delete(*, model_id: str) -> None:
 def share_set_permissions(
     *, model_id: str, allow_remote_inference: bool | None = None, allow_download: bool | None = None
 ) -> ModelShare:
-    """Change who may run or download a share; a flag left None keeps its value."""
+    """Change who may run a share; a flag left None keeps its value (allow_download can only stay false)."""
+    share_download_check(allow_download)
     share = share_get(model_id=model_id)
     changed = []
     if allow_remote_inference is not None:
@@ -329,7 +342,7 @@ def share_set_permissions(
 
 
 def share_for_download(*, model_id: str) -> ModelShare:
-    """A share whose owner allows copies, or a 404/403."""
+    """A share whose owner allows copies, or a 404/403 (always the 403 now: parts are never downloadable)."""
     share = share_get(model_id=model_id)
     if not share.allow_download:
         raise Forbidden(NOT_ALLOWED_TO_DOWNLOAD)

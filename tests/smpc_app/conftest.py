@@ -8,7 +8,24 @@ import torch
 
 from smpc_app.shares import part_cache
 from smpc_protocol.hosting import SharedModel, split_model
-from tests.smpc_app.helpers import ALICE, BOB, CRYPTO
+from tests.smpc_app.helpers import ALICE, BOB, CAROL, CRYPTO, PeerNode
+
+
+@pytest.fixture(autouse=True)
+def node_folder(settings, data_dir):
+    """This node's data folder, where its key pair is made on first use, is the test's own."""
+    settings.DATA_DIR = data_dir
+    return data_dir
+
+
+@pytest.fixture
+def peers(tmp_path_factory) -> dict[str, PeerNode]:
+    """The other nodes of the tests' registrations, each with its own key (not trusted until a test says so)."""
+    root = tmp_path_factory.mktemp("peers")
+    return {
+        name: PeerNode(root / name, url)
+        for name, url in [("alice", ALICE), ("bob", BOB), ("carol", CAROL), ("crypto", CRYPTO)]
+    }
 
 
 @pytest.fixture

@@ -15,3 +15,105 @@ def stored_nodes(model_id: str) -> dict[str, list[str]]:
     for role, url in rows.values_list("role", "node__url"):
         nodes["workers" if role == NodeAssignment.Role.WORKER else "crypto_provider"].append(url)
     return nodes
+
+
+class PeerNode:
+    """Another node of a test: its own key pair (in `folder`), its address, and requests signed with its key."""
+
+    def __init__(self, folder, url: str) -> None:
+        from smpc_app.identity import KEY_FILE, load_or_create
+
+        self.url = url
+        self.identity = load_or_create(folder / KEY_FILE)[0]
+        self.public_key = self.identity.public_key
+
+    def trusted(self):
+        """Make the node under test trust this one (as its operator would with manage.py smpc_trust)."""
+        from smpc_app.models import TrustedNode
+
+        return TrustedNode.objects.create(url=self.url, public_key=self.public_key, label="test peer")
+
+    def headers(
+        self,
+        body: bytes,
+        *,
+        purpose: str,
+        model_id: str,
+        session_id: str,
+        party: int = 0,
+        round_number: int = 0,
+        recipient: str | None = None,
+        timestamp: int | None = None,
+    ) -> dict[str, str]:
+        """Headers signing `body` from this node to the node under test (or to `recipient`)."""
+        from smpc_app.identity import node_identity
+        from smpc_app.nodeauth import sign_request
+
+        headers, _signature = sign_request(
+            purpose=purpose,
+            recipient=recipient or node_identity().public_key,
+            model_id=model_id,
+            session_id=session_id,
+            party=party,
+            round_number=round_number,
+            body=body,
+            identity=self.identity,
+            timestamp=timestamp,
+        )
+        return headers
+
+
+class UntouchedBody:
+    """A WSGI input that counts what was read from it: a large body the node must refuse without reading."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = b"\0" * (1024 if size is None or size < 0 else min(size, 1024))
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+def call_with_large_body(app, path: str, *, length: int, headers: dict[str, str]):
+    """POST `path` to a WSGI app declaring a `length`-byte body: (status, JSON answer, bytes the app read)."""
+    import io
+    import json
+
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    body = UntouchedBody()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "127.0.0.1",
+        "CONTENT_TYPE": "application/octet-stream",
+        "CONTENT_LENGTH": str(length),
+        "wsgi.input": body,
+        "wsgi.errors": io.StringIO(),
+        "wsgi.url_scheme": "http",
+    }
+    for name, value in headers.items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    answer = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        answer["status"] = int(status.split()[0])
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        chunks = app(environ, start_response)
+        content = b"".join(chunks)
+        getattr(chunks, "close", lambda: None)()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return answer["status"], json.loads(content), body.bytes_read

@@ -32,17 +32,22 @@ def _postgres_server_url() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """Three nodes serving https with certificates from a CA made for the test, checked both by the nodes
+    (calling each other) and by this client (SSL_CERT_FILE)."""
     nodes = SmpcCluster(
         tmp_path_factory.mktemp("smpc"),
         postgres_url=_postgres_server_url(),
         smpc_timeout=NODE_TIMEOUT,
         # Every request logged (one JSON line each) and access-logged, so the privacy test reads those too.
         environment={"GRIDNODE_LOG_LEVEL": "INFO", "GRIDNODE_ACCESS_LOG": "-"},
+        tls=True,
     )
-    try:
-        yield nodes.start()
-    finally:
-        nodes.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(nodes.ca_file))
+        try:
+            yield nodes.start()
+        finally:
+            nodes.stop()
 
 
 def mlp() -> nn.Sequential:
