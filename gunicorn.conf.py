@@ -5,10 +5,13 @@ by measurement on a 2-core machine (docs/operations.md).
 """
 
 import os
+from pathlib import Path
 
-from gridnode.env import env_int, env_str
+from gridnode.env import env_int, env_path, env_str
+from smpc_app.identity import key_path as smpc_key_path
 
 _cores = os.cpu_count() or 1
+_data_dir = env_path("GRIDNODE_DATA_DIR", Path(__file__).resolve().parent / "var")
 
 bind = env_str("GRIDNODE_BIND", "127.0.0.1:8000")
 # One more than the cores: a worker waiting on its database round trip leaves its core to another
@@ -20,8 +23,8 @@ worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
 # meanwhile (measured on 2 cores, reference MLP, c=8: 1 thread ~830 req/s, 4 threads ~1,000).
 # An SMPC worker's evaluation waits in its thread while its peer's messages arrive on other requests,
 # and gunicorn hands connections to processes unevenly (4 clients at once could all land on one), so a
-# node with GRIDNODE_SMPC_SECRET gets threads to spare (docs/encrypted-inference.md).
-threads = env_int("GRIDNODE_THREADS", 16 if os.environ.get("GRIDNODE_SMPC_SECRET") else 4, minimum=1)
+# node with an SMPC key (manage.py smpc_identity) gets threads to spare (docs/encrypted-inference.md).
+threads = env_int("GRIDNODE_THREADS", 16 if smpc_key_path(_data_dir).exists() else 4, minimum=1)
 # Each process runs at most threads - 1 evaluations, so one thread is always free for exchanges.
 os.environ.setdefault("GRIDNODE_SMPC_MAX_SESSIONS", str(max(1, threads - 1)))
 # Clients such as ApacheBench and requests.Session reuse connections.
