@@ -17,7 +17,8 @@ bind = env_str("GRIDNODE_BIND", "127.0.0.1:8000")
 # One more than the cores: a worker waiting on its database round trip leaves its core to another
 # (measured on 2 cores, c=8: 2 workers 3,134 req/s, 3 workers 3,259, 4 workers 2,961-3,178, 6 workers 2,986).
 workers = env_int("GRIDNODE_WORKERS", _cores + 1, minimum=1)
-worker_class = env_str("GRIDNODE_WORKER_CLASS", "gthread")
+# gthread, accepting only while a thread is free (gridnode/workers.py).
+worker_class = env_str("GRIDNODE_WORKER_CLASS", "gridnode.workers.ThreadWorker")
 # A request thread mostly waits: for the database, and for the inference process that runs its model
 # (models_app/executor.py). Four threads let a worker hand its next requests to the pool's one queue
 # meanwhile (measured on 2 cores, reference MLP, c=8: 1 thread ~830 req/s, 4 threads ~1,000).

@@ -104,6 +104,30 @@ def test_the_node_answers_while_every_inference_process_is_stuck(node):
     assert node.infer("mlp", [[1.0, 2.0, 3.0, 4.0]])[0] == 200
 
 
+def test_a_process_whose_threads_all_wait_leaves_new_connections_to_the_others(tmp_path):
+    """Two processes of one thread each: while one waits on an endless model, every new connection goes to
+    the other (gridnode/workers.py). With gunicorn's own gthread each probe had an even chance of landing
+    behind the endless request, so ten probes in a row caught it all but once in a thousand runs."""
+    node = GunicornNode(
+        tmp_path,
+        GRIDNODE_WORKERS="2",
+        GRIDNODE_THREADS="1",
+        GRIDNODE_INFERENCE_PROCESSES="2",
+        GRIDNODE_INFERENCE_TIMEOUT="20",
+    ).start()
+    try:
+        node.serve("endless-1", jit_bytes(Endless()))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            stuck = pool.submit(node.infer, "endless-1", [1.0])
+            time.sleep(1)
+            probes = [request(node.url, "GET", "/healthz", timeout=5)[0] for _ in range(10)]
+            assert not stuck.done()
+            assert probes == [200] * 10
+            assert stuck.result(timeout=60)[0] == 504
+    finally:
+        node.stop()
+
+
 def test_an_allocation_sized_by_the_caller_is_refused_and_memory_returns(node):
     assert node.serve("allocates", jit_bytes(Allocates()))[0] == 200
     assert node.infer("allocates", [1000.0])[0] == 200  # loaded in a process, small
