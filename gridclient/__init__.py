@@ -11,6 +11,7 @@ The command line is `python -m gridclient` (also installed as `gridnode-client`)
 
 from gridclient.client import DEFAULT_URL, EncryptedModelNodes, GridNodeClient
 from gridclient.errors import (
+    AnswerTooLarge,
     AuthenticationFailed,
     Conflict,
     DatasetExists,
@@ -20,6 +21,7 @@ from gridclient.errors import (
     ModelExists,
     ModelNotFound,
     ModelNotScriptable,
+    ModelRefused,
     NodeUnreachable,
     NotFound,
     PayloadTooLarge,
@@ -31,6 +33,7 @@ from gridclient.version import VERSION as __version__
 
 __all__ = [
     "DEFAULT_URL",
+    "AnswerTooLarge",
     "AuthenticationFailed",
     "Conflict",
     "DatasetExists",
@@ -42,6 +45,7 @@ __all__ = [
     "ModelExists",
     "ModelNotFound",
     "ModelNotScriptable",
+    "ModelRefused",
     "NodeUnreachable",
     "NotFound",
     "PayloadTooLarge",

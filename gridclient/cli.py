@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gridclient import errors, tensors
 from gridclient.client import DEFAULT_TIMEOUT, DEFAULT_URL, GridNodeClient
+from gridclient.transport import DEFAULT_MAX_ANSWER_BYTES
 
 OK = 0
 NO_MATCH = 1
@@ -37,11 +38,14 @@ exit codes:
   {INVALID_REQUEST}   400: the node refused the request (bad id, not a model or tensor, ...)
   {TOO_LARGE}   413: larger than the node accepts
   {UNAUTHORIZED}   401: missing or wrong token (set GRIDNODE_TOKEN)
-  {NODE_ERROR}  the node failed (5xx) or answered something unexpected
+  {NODE_ERROR}  the node failed (5xx), or its answer could not be read: not HTTP, not JSON, nested
+       too deeply, or larger than --max-answer-bytes / --max-bytes
 
 environment:
   GRIDNODE_URL    the node's URL when --url is not given (default {DEFAULT_URL})
   GRIDNODE_TOKEN  sent as 'Authorization: Token <key>'
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
+                  the proxy to reach the node through, as requests and curl read them
 """
 
 _BY_TYPE: list[tuple[type[errors.GridNodeError], int]] = [
@@ -106,10 +110,10 @@ def delete_model(client: GridNodeClient, args) -> int:
 
 def download_model(client: GridNodeClient, args) -> int:
     if args.output == "-":
-        client.download_archive(args.id, sys.stdout.buffer)
+        client.download_archive(args.id, sys.stdout.buffer, max_bytes=args.max_bytes)
         sys.stdout.flush()
         return OK
-    size = client.download_archive(args.id, args.output)
+    size = client.download_archive(args.id, args.output, max_bytes=args.max_bytes)
     print(f"Wrote {size} bytes to {args.output}")
     return OK
 
@@ -215,6 +219,16 @@ def search_encrypted(client: GridNodeClient, args) -> int:
 # -- parsing -------------------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, at least 1: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridnode-client",
@@ -232,6 +246,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TIMEOUT,
         help="seconds to wait on the node for each step (default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-answer-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_ANSWER_BYTES,
+        metavar="N",
+        help="read at most N bytes of an answer into memory (default %(default)d); downloads: --max-bytes",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (there is none anyway unless stderr is a terminal)"
@@ -257,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("download-model", download_model, "save a model's archive (exactly the uploaded bytes)")
     sub.add_argument("id", metavar="ID")
     sub.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write it ('-' for stdout)")
+    sub.add_argument("--max-bytes", type=_positive_int, metavar="N", help="fail (exit 10, no file left) past N bytes")
 
     sub = command("infer", infer, "run a model on a tensor file or a JSON array; print the prediction as JSON")
     sub.add_argument("id", metavar="ID")
@@ -311,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage error (or the help)
         return exc.code if isinstance(exc.code, int) else USAGE
     try:
-        client = GridNodeClient(args.url, timeout=args.timeout, progress=False if args.no_progress else None)
+        client = GridNodeClient(
+            args.url,
+            timeout=args.timeout,
+            progress=False if args.no_progress else None,
+            max_answer_bytes=args.max_answer_bytes,
+        )
         return args.handler(client, args)
     except errors.GridNodeError as exc:
         print(f"error: {exc}", file=sys.stderr)

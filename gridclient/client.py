@@ -4,16 +4,15 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from gridclient import tensors
-from gridclient.errors import DATASETS, MODELS, ModelNotScriptable, PermissionDenied, ServerError
+from gridclient.errors import DATASETS, MODELS, ModelNotScriptable, ModelRefused, PermissionDenied, ServerError
 from gridclient.multipart import MultipartBody
-from gridclient.transport import Transport, path_segment
+from gridclient.transport import DEFAULT_MAX_ANSWER_BYTES, Transport, path_segment
 
 if TYPE_CHECKING:
     import torch
@@ -47,11 +46,15 @@ class GridNodeClient:
     `url` defaults to $GRIDNODE_URL, else http://127.0.0.1:8000; `token` to $GRIDNODE_TOKEN (sent as
     `Authorization: Token <key>`; pass token="" to send none). `timeout` is in seconds, for connecting
     and for each wait on the node. `progress` shows a bar for uploads and downloads: None (the default)
-    shows one only when stderr is a terminal; each transfer method can override it.
+    shows one only when stderr is a terminal; each transfer method can override it. `max_answer_bytes`
+    bounds every answer read into memory (JSON, SMPC messages; 256 MiB by default); downloads, which go
+    to disk, take a `max_bytes` of their own. The node is reached through the proxy HTTPS_PROXY /
+    HTTP_PROXY / ALL_PROXY names unless NO_PROXY lists its host, as with `requests`.
 
     Failures raise the exceptions of `gridclient.errors`: the node's errors with its status and message
     (`ModelNotFound`, `PermissionDenied`, `ModelExists`, `InvalidRequest`, ...), `NodeUnreachable` when it
-    does not answer.
+    does not answer, `ServerError` when its answer cannot be read (`AnswerTooLarge` past the limits),
+    and `ModelRefused` when `download_model` will not load what it answered.
     """
 
     def __init__(
@@ -61,11 +64,15 @@ class GridNodeClient:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         progress: bool | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ):
         if token is None:
             token = os.environ.get("GRIDNODE_TOKEN")
         self._transport = Transport(
-            url or os.environ.get("GRIDNODE_URL") or DEFAULT_URL, token=token or None, timeout=timeout
+            url or os.environ.get("GRIDNODE_URL") or DEFAULT_URL,
+            token=token or None,
+            timeout=timeout,
+            max_answer_bytes=max_answer_bytes,
         )
         self.progress = progress
 
@@ -126,14 +133,28 @@ class GridNodeClient:
             return False
         return True
 
-    def download_archive(self, model_id: str, destination: str | os.PathLike | BinaryIO, *, progress=None) -> int:
+    def download_archive(
+        self,
+        model_id: str,
+        destination: str | os.PathLike | BinaryIO,
+        *,
+        progress: bool | None = None,
+        max_bytes: int | None = None,
+    ) -> int:
         """Write the model's archive, exactly the bytes uploaded, to a path or a binary file; answer the size.
 
-        Streamed to disk a chunk at a time. A path is written through a temporary file beside it and
-        renamed when complete, so a failed download leaves no partial file.
+        Streamed to disk a chunk at a time, and not checked or loaded: see `download_model` for that. A
+        path is written through a temporary file beside it and renamed when complete, so a failed download
+        leaves no partial file. With `max_bytes`, a larger answer raises `AnswerTooLarge` (a file object
+        keeps what was written before the limit was passed).
         """
         path = f"/get_model/{path_segment(model_id)}"
-        options = {"kinds": MODELS, "progress": self._progress(progress), "description": f"download {model_id}"}
+        options = {
+            "kinds": MODELS,
+            "progress": self._progress(progress),
+            "description": f"download {model_id}",
+            "max_bytes": max_bytes,
+        }
         if hasattr(destination, "write"):
             return self._transport.download(path, destination, **options)
         target = Path(destination)
@@ -147,21 +168,34 @@ class GridNodeClient:
             raise
         return size
 
-    def download_model(self, model_id: str, *, progress: bool | None = None):
-        """The model itself: a ScriptModule (torch.jit.load) or an ExportedProgram (torch.export.load).
+    def download_model(self, model_id: str, *, progress: bool | None = None, max_bytes: int | None = None):
+        """The model itself: a ScriptModule (loaded on the CPU, in the mode it was saved in) or an
+        ExportedProgram.
 
-        The archive goes to a temporary file first, then is loaded on the CPU. The node checks every
-        archive before hosting it; load models only from nodes you trust, as with any torch archive.
+        The archive goes to a temporary file first, and is checked by the node's own rules before torch
+        reads it (gridarchive: the zip's directory, every pickle and entry, then every operator the model
+        could run): an archive the node would refuse to host raises `ModelRefused` and nothing of it runs,
+        whoever answered (a hostile node, or anyone on a plain-http path). `max_bytes` bounds the download
+        (`AnswerTooLarge`) and what the archive may unpack to.
         """
-        import torch
+        from gridarchive import ArchiveRefused
+        from gridarchive.archives import load
+        from gridarchive.ziplimits import MAX_EXPANSION
 
         with tempfile.TemporaryDirectory(prefix="gridclient-") as folder:
-            # torch.export.load warns about names not ending in .pt2; torch.jit.load takes any name.
             path = Path(folder) / "model.pt2"
-            self.download_archive(model_id, path, progress=progress)
-            if _is_export_archive(path):
-                return torch.export.load(path)
-            return torch.jit.load(path, map_location="cpu")
+            size = self.download_archive(model_id, path, progress=progress, max_bytes=max_bytes)
+            # What the archive may unpack to: max_bytes when given; else only the zip check's own bound (at
+            # most ten times the archive's size: torch stores its entries uncompressed).
+            limit = max_bytes if max_bytes is not None else max(size, 1) * MAX_EXPANSION
+            try:
+                with open(path, "rb") as source:
+                    return load(source, max_unpacked_bytes=limit)
+            except ArchiveRefused as refused:
+                reason = refused.message
+            except RecursionError:  # a walk over a program nested past Python's stack: not a model to load
+                reason = "The model is nested too deeply to check."
+            raise ModelRefused(200, f"The node's archive of {model_id!r} is refused: {reason}")
 
     def run_inference(self, model_id: str, *inputs: "torch.Tensor", all_outputs: bool = False):
         """Run the model on the node: one tensor per model input; answer its output tensor.
@@ -372,12 +406,3 @@ def _tensor_file(data) -> Iterator[tuple[BinaryIO, int, str]]:
         torch.save(data, path)
         with _open_file(path) as opened:
             yield opened
-
-
-def _is_export_archive(path: Path) -> bool:
-    """Whether an archive is torch.export's (it has `<root>/archive_format`) rather than TorchScript's."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.count("/") <= 1 and name.endswith("archive_format") for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False

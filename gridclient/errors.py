@@ -74,6 +74,21 @@ class ServerError(GridNodeError):
     """5xx, or an answer that is not what the contract says: the node failed, not the request."""
 
 
+class AnswerTooLarge(ServerError):
+    """The node's answer is larger than the client reads: a JSON answer past `max_answer_bytes`, or a
+    download past the `max_bytes` it was given. Nothing of it is kept (a partial file is removed)."""
+
+    def __init__(self, status: int | None, message: str, *, limit: int):
+        super().__init__(status, message)
+        self.limit = limit
+
+
+class ModelRefused(ServerError):
+    """`download_model` refused the node's archive before torch read it: it breaks a rule the node itself
+    applies to uploads (a pickle that would run code, an operator outside the allowlist, ...; `message`
+    says which), or it is not a model archive at all. Nothing of the archive ran."""
+
+
 class ModelNotScriptable(ValueError):
     """`serve_model` was given an nn.Module that torch.jit.script cannot compile (nothing was sent)."""
 

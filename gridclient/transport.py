@@ -1,24 +1,96 @@
 """HTTP to one grid node over the standard library: JSON calls, streamed uploads and streamed downloads.
 
 One connection per call, closed when the answer is read. Error answers become the typed exceptions of
-`gridclient.errors`; a node that does not answer becomes `NodeUnreachable` naming the node's URL.
+`gridclient.errors`; a node that does not answer becomes `NodeUnreachable` naming the node's URL; an
+answer that cannot be read (not HTTP, not JSON, nested past MAX_JSON_DEPTH, larger than the client
+reads) becomes `ServerError`.
+
+The node is reached through the proxy that HTTP_PROXY / HTTPS_PROXY / ALL_PROXY name (lower case
+first), unless NO_PROXY lists its host: as `requests` and `urllib` do.
 """
 
+import base64
 import http.client
+import ipaddress
 import json
 import socket
 import ssl
+import urllib.request
 from collections.abc import Iterator
-from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from typing import Any, BinaryIO, NamedTuple
+from urllib.parse import quote, unquote, urlsplit
 
-from gridclient.errors import GENERIC, ErrorKinds, NodeUnreachable, ServerError
+from gridclient.errors import GENERIC, AnswerTooLarge, ErrorKinds, NodeUnreachable, ServerError
 from gridclient.multipart import CHUNK, MultipartBody, SourceReadError
 from gridclient.progress import progress_bar
 from gridclient.version import VERSION
 
 # An error answer is a short JSON object; a proxy's error page is not read past this.
 ERROR_BODY_LIMIT = 64 * 1024
+# The most bytes of a JSON (or SMPC message) answer the client reads by default: the largest tensor a
+# node answers by default (GRIDNODE_MAX_ANSWER_BYTES, 64 MiB) as base64 in JSON, with room to spare.
+DEFAULT_MAX_ANSWER_BYTES = 256 * 1024**2
+# The deepest a JSON answer may nest: a prediction is as deep as its tensor has dimensions.
+MAX_JSON_DEPTH = 200
+
+
+def _in_no_proxy_network(host: str) -> bool:
+    """Whether NO_PROXY lists a network (`10.0.0.0/8`, as requests reads it) that holds the address `host`."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in (urllib.request.getproxies().get("no") or "").split(","):
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+class Proxy(NamedTuple):
+    """An HTTP proxy to reach the node through: where it listens, and its Proxy-Authorization, if any."""
+
+    host: str
+    port: int
+    authorization: str | None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def proxy_for(url: str) -> Proxy | None:
+    """The proxy the environment names for `url`, as `requests` picks it; None to connect directly.
+
+    HTTPS_PROXY (https URLs) or HTTP_PROXY (http URLs), else ALL_PROXY, lower-case spellings first
+    (urllib.request.getproxies); none when NO_PROXY lists the host (urllib.request.proxy_bypass: host
+    names with their subdomains, addresses, `*`; and networks such as 10.0.0.0/8). The proxy is spoken
+    to in plain HTTP; an https node is reached through a CONNECT tunnel, so TLS still runs end to end.
+    """
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    chosen = proxies.get(parts.scheme) or proxies.get("all")
+    if not chosen:
+        return None
+    host = parts.hostname or ""
+    if urllib.request.proxy_bypass(f"{host}:{parts.port}" if parts.port else host) or _in_no_proxy_network(host):
+        return None
+    if "://" not in chosen:
+        chosen = f"http://{chosen}"  # `proxy:3128`, as requests reads it
+    proxy = urlsplit(chosen)
+    if proxy.scheme != "http" or not proxy.hostname:
+        raise ValueError(
+            f"The proxy for {parts.scheme} URLs is {chosen!r}: this client reaches proxies over plain http:// only."
+        )
+    authorization = None
+    if proxy.username is not None:
+        credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
+    return Proxy(proxy.hostname, proxy.port or 80, authorization)
 
 
 def path_segment(value: str) -> str:
@@ -29,18 +101,25 @@ def path_segment(value: str) -> str:
 class Transport:
     """Requests to the node at `url` (http or https, optionally under a path prefix)."""
 
-    def __init__(self, url: str, *, token: str | None, timeout: float):
+    def __init__(
+        self, url: str, *, token: str | None, timeout: float, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    ):
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"The node URL must look like http://host:port, not {url!r}.")
+        if max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be at least 1, not {max_answer_bytes!r}.")
         # Shown in messages: without any user:password@ the URL was given with.
-        self.url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.rstrip('/')}"
+        self._netloc = parts.netloc.rpartition("@")[2]
+        self.url = f"{parts.scheme}://{self._netloc}{parts.path.rstrip('/')}"
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
+        self.proxy = proxy_for(self.url)
 
     # -- the three kinds of call -------------------------------------------------------------------
 
@@ -59,7 +138,7 @@ class Transport:
         with self._exchange("POST", path, headers, body, len(body)) as response:
             if response.status >= 300:
                 raise self._error(response, kinds)
-            return self._read(response)
+            return bytes(self._read_bounded(response))
 
     def upload(
         self, path: str, body: MultipartBody, *, kinds: ErrorKinds, progress: bool | None, description: str
@@ -72,21 +151,39 @@ class Transport:
                 return self._json_answer(response, kinds)
 
     def download(
-        self, path: str, target: BinaryIO, *, kinds: ErrorKinds, progress: bool | None, description: str
+        self,
+        path: str,
+        target: BinaryIO,
+        *,
+        kinds: ErrorKinds,
+        progress: bool | None,
+        description: str,
+        max_bytes: int | None = None,
     ) -> int:
-        """GET raw bytes (Accept: application/octet-stream) into `target` a chunk at a time; answer the count."""
+        """GET raw bytes (Accept: application/octet-stream) into `target` a chunk at a time; answer the count.
+
+        With `max_bytes`, an answer that declares or sends more raises `AnswerTooLarge` once the limit is
+        passed (what was written by then stays in `target`: the caller removes it).
+        """
         headers = {"Accept": "application/octet-stream"}
         with self._exchange("GET", path, headers, None, None) as response:
             if response.status >= 300:
                 raise self._error(response, kinds)
-            if (response.getheader("Content-Type") or "").startswith("application/json"):
-                # A node that ignores the Accept header: its JSON is not the archive.
-                raise ServerError(response.status, "The node answered JSON instead of the raw archive.")
-            declared = response.getheader("Content-Length")
-            total = int(declared) if declared and declared.isdigit() else None
+            content_type = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
+            if content_type == "application/json" or content_type.startswith("text/"):
+                # A node that ignores the Accept header (its JSON is not the archive), or a proxy's page.
+                what = "JSON" if content_type == "application/json" else content_type
+                raise ServerError(response.status, f"The node answered {what} instead of the raw archive.")
+            total = _declared_length(response)
+            if max_bytes is not None and total is not None and total > max_bytes:
+                raise self._too_large(response, f"The download is {total} bytes, which", max_bytes, "max_bytes")
             written = 0
             with progress_bar(total, description, progress) as bar:
-                while chunk := self._read(response, CHUNK):
+                while chunk := self._read(
+                    response, CHUNK if max_bytes is None else min(CHUNK, max_bytes + 1 - written)
+                ):
+                    if max_bytes is not None and written + len(chunk) > max_bytes:
+                        raise self._too_large(response, "The download", max_bytes, "max_bytes")
                     target.write(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
@@ -103,42 +200,87 @@ class Transport:
         return headers
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        proxy = self.proxy
+        if proxy is None:
+            if self._https:
+                return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
+            return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        if not self._https:
+            return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.timeout)
+        # TLS to the node inside a CONNECT tunnel: the proxy sees the host name, not the requests.
+        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout)
+        tunnel_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+        connection.set_tunnel(self._host, self._port, headers=tunnel_headers)
+        return connection
 
     def _exchange(self, method: str, path: str, headers: dict, body, length: int | None) -> "_Exchange":
-        return _Exchange(self, method, self._prefix + path, self._headers(headers), body, length)
+        target = self._prefix + path
+        headers = self._headers(headers)
+        if self.proxy is not None and not self._https:
+            # A plain-http proxy is sent the whole URL, and its credentials with every request.
+            target = f"http://{self._netloc}{target}"
+            if self.proxy.authorization:
+                headers["Proxy-Authorization"] = self.proxy.authorization
+        return _Exchange(self, method, target, headers, body, length)
 
-    def _unreachable(self, exc: BaseException) -> NodeUnreachable:
-        return NodeUnreachable(self.url, _reason(exc, self._host, self.timeout))
+    def _failure(self, exc: BaseException) -> NodeUnreachable | ServerError:
+        """What a failed connection, request or read means: no answer (`NodeUnreachable`), or an answer
+        that is not HTTP (`ServerError`)."""
+        unreadable = isinstance(exc, http.client.HTTPException) and not isinstance(
+            exc, http.client.RemoteDisconnected | http.client.IncompleteRead
+        )
+        if unreadable:
+            return ServerError(
+                None, f"The answer of the grid node at {self.url} is not valid HTTP ({type(exc).__name__})."
+            )
+        reason = _reason(exc, self._host if self.proxy is None else self.proxy.host, self.timeout)
+        if self.proxy is not None:
+            reason += f" (through the proxy at {self.proxy.address})"
+        return NodeUnreachable(self.url, reason)
 
     def _read(self, response: http.client.HTTPResponse, size: int = -1) -> bytes:
         try:
             return response.read(size) if size >= 0 else response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from exc
+            raise self._failure(exc) from exc
+
+    def _too_large(self, response, what: str, limit: int, setting: str) -> AnswerTooLarge:
+        return AnswerTooLarge(
+            response.status, f"{what} is larger than this client reads ({setting}={limit} bytes).", limit=limit
+        )
+
+    def _read_bounded(self, response: http.client.HTTPResponse) -> bytearray:
+        """The whole answer, or `AnswerTooLarge` as soon as it declares or sends more than max_answer_bytes."""
+        limit = self.max_answer_bytes
+        declared = _declared_length(response)
+        if declared is not None and declared > limit:
+            raise self._too_large(response, f"The node's answer is {declared} bytes, which", limit, "max_answer_bytes")
+        raw = bytearray()
+        while chunk := self._read(response, min(CHUNK, limit + 1 - len(raw))):
+            raw += chunk
+            if len(raw) > limit:
+                raise self._too_large(response, "The node's answer", limit, "max_answer_bytes")
+        return raw
 
     def _json_answer(self, response: http.client.HTTPResponse, kinds: ErrorKinds) -> Any:
         if response.status >= 300:
             raise self._error(response, kinds)
-        raw = self._read(response)
+        raw = self._read_bounded(response)
         if not raw:
             return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ServerError(response.status, "The node's answer is not JSON.") from None
+        answer = _parsed(raw)
+        if answer is _UNREADABLE:
+            raise ServerError(response.status, "The node's answer is not JSON.")
+        if answer is _TOO_DEEP:
+            raise ServerError(response.status, f"The node's answer nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+        return answer
 
     def _error(self, response: http.client.HTTPResponse, kinds: ErrorKinds):
         """The typed exception for an error answer, with the node's message when it sent one."""
         raw = self._read(response, ERROR_BODY_LIMIT)
         message = f"HTTP {response.status} {response.reason}".strip()
         body = None
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            decoded = None
+        decoded = _parsed(raw)
         if isinstance(decoded, dict):
             body = decoded
             if isinstance(decoded.get("error"), str) and decoded["error"]:
@@ -176,7 +318,7 @@ class _Exchange:
         try:
             connection.connect()
         except OSError as exc:
-            raise transport._unreachable(exc) from exc
+            raise transport._failure(exc) from exc
         try:
             connection.request(self._method, self._target, body=self._body, headers=headers)
         except SourceReadError:
@@ -187,17 +329,54 @@ class _Exchange:
             try:
                 return connection.getresponse()
             except (OSError, http.client.HTTPException):
-                raise transport._unreachable(exc) from exc
+                raise transport._failure(exc) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise transport._unreachable(exc) from exc
+            raise transport._failure(exc) from exc
         try:
             return connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            raise transport._unreachable(exc) from exc
+            raise transport._failure(exc) from exc
 
     def __exit__(self, *exc_info) -> None:
         if self._connection is not None:
             self._connection.close()
+
+
+def _declared_length(response: http.client.HTTPResponse) -> int | None:
+    declared = (response.getheader("Content-Length") or "").strip()
+    return int(declared) if declared.isdigit() else None
+
+
+# What _parsed answers for bytes that are not JSON, or JSON nested deeper than MAX_JSON_DEPTH.
+_UNREADABLE = object()
+_TOO_DEEP = object()
+
+
+def _parsed(raw: bytes | bytearray) -> Any:
+    """The JSON document in `raw`, or _UNREADABLE / _TOO_DEEP. Never raises: a node's answer may be
+    anything, including nesting deep enough to exhaust the parser's recursion."""
+    try:
+        document = json.loads(raw)
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError:  # UnicodeDecodeError included
+        return _UNREADABLE
+    return document if _depth_within(document, MAX_JSON_DEPTH) else _TOO_DEEP
+
+
+def _depth_within(document: Any, limit: int) -> bool:
+    """Whether a parsed JSON document nests at most `limit` lists and objects deep (without recursion)."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return False
+        pending.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
+    return True
 
 
 def _counted(chunks: Iterator[bytes], bar) -> Iterator[bytes]:

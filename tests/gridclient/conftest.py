@@ -13,11 +13,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test that moves hundreds of MB (deselect with -m 'not slow')")
 
 
+PROXY_VARIABLES = [
+    spelling for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for spelling in (name, name.upper())
+]
+
+
 @pytest.fixture(autouse=True)
 def no_client_environment(monkeypatch):
     """The tests say which node and token they use; the developer's environment does not leak in."""
-    monkeypatch.delenv("GRIDNODE_URL", raising=False)
-    monkeypatch.delenv("GRIDNODE_TOKEN", raising=False)
+    for name in ("GRIDNODE_URL", "GRIDNODE_TOKEN", *PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
