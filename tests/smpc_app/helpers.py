@@ -44,10 +44,12 @@ class PeerNode:
         round_number: int = 0,
         recipient: str | None = None,
         timestamp: int | None = None,
+        length: int | None = None,
     ) -> dict[str, str]:
-        """Headers signing `body` from this node to the node under test (or to `recipient`)."""
+        """Headers signing `body` from this node to the node under test (or to `recipient`); with `length`,
+        signed as if the body were that long (for bodies the node must refuse without reading)."""
         from smpc_app.identity import node_identity
-        from smpc_app.nodeauth import sign_request
+        from smpc_app.nodeauth import MESSAGE_HEADER, SIGNATURE_HEADER, sign_request, signed_text
 
         headers, _signature = sign_request(
             purpose=purpose,
@@ -60,6 +62,11 @@ class PeerNode:
             identity=self.identity,
             timestamp=timestamp,
         )
+        if length is not None:
+            fields = headers[MESSAGE_HEADER].split(" ")
+            fields[9] = str(length)
+            text = " ".join(fields)
+            headers = {MESSAGE_HEADER: text, SIGNATURE_HEADER: self.identity.sign(signed_text(text))}
         return headers
 
 

@@ -13,7 +13,6 @@ from smpc_app import services
 from smpc_app.identity import node_identity
 from smpc_app.models import RandomnessSession
 from smpc_app.nodeauth import (
-    _REQUEST_PURPOSE,
     MESSAGE_HEADER,
     REPLY_HEADER,
     REPLY_SIGNATURE_HEADER,
@@ -271,7 +270,8 @@ def test_a_body_other_than_the_one_signed_is_a_400(api, provider, peers):
 def test_a_large_body_is_refused_before_a_byte_of_it_is_read(provider, peers):
     """Before: /randomness read up to 512 MiB before checking the signature."""
     length = 100 * 1024**2
-    signed = _signed_for_length(peers["alice"], secrets.token_hex(16), length)
+    session = secrets.token_hex(16)
+    signed = peers["alice"].headers(b"", purpose="randomness", model_id="shared", session_id=session, length=length)
 
     unsigned = call_with_large_body(application, PATH, length=length, headers={})
     too_large = call_with_large_body(application, PATH, length=length, headers=signed)
@@ -279,15 +279,6 @@ def test_a_large_body_is_refused_before_a_byte_of_it_is_read(provider, peers):
     assert (unsigned[0], unsigned[2]) == (401, 0)
     assert (too_large[0], too_large[2]) == (413, 0)
     assert not RandomnessSession.objects.exists()
-
-
-def _signed_for_length(peer, session: str, length: int) -> dict[str, str]:
-    """Headers signed for a body of `length` bytes (its digest does not matter: it is never read)."""
-    headers = peer.headers(b"", purpose="randomness", model_id="shared", session_id=session)
-    fields = headers[MESSAGE_HEADER].split(" ")
-    fields[9] = str(length)
-    text = " ".join(fields)
-    return {MESSAGE_HEADER: text, SIGNATURE_HEADER: peer.identity.sign(_REQUEST_PURPOSE + text.encode())}
 
 
 def test_a_node_that_is_asked_without_a_signature_answers_401_never_503(api, provider):

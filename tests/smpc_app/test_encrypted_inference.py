@@ -1,9 +1,13 @@
 """Encrypted inference end to end: three live nodes (two workers, a crypto provider), each a gunicorn
 server with its own database and folder, driven only over HTTP through gridclient."""
 
+import datetime
+import ipaddress
 import json
 import os
 import secrets
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -16,9 +20,11 @@ from torch import nn
 from gridclient import GridNodeClient, cli
 from gridclient.encrypted import EncryptedInferenceFailed, host_encrypted_model, run_encrypted_inference
 from gridclient.errors import GENERIC, InvalidRequest, ServerError, Unauthorized
+from smpc_app.identity import load_or_create
 from smpc_protocol import ring, wire
+from smpc_protocol.hosting import split_model
 from smpc_protocol.maps import weight_matrix
-from tests.smpc_app.live_nodes import SmpcCluster
+from tests.smpc_app.live_nodes import NodeServer, SmpcCluster, trust
 
 # A short node timeout, so that the crashed-peer test ends quickly.
 NODE_TIMEOUT = 3
@@ -188,7 +194,10 @@ def test_a_session_id_is_used_once_and_its_randomness_is_never_dealt_twice(clust
     with pytest.raises(ServerError) as again:
         worker0.evaluate_share(model_id, wire.pack({"x": x0}, {"session": session}))
     assert getattr(again.value, "status", None) == 502
-    assert "already dealt" in str(again.value)
+    # The provider's 409 ("already dealt"), named by its status: a peer's words never reach the client.
+    assert f"The crypto provider at {cluster.urls[2]} refused the randomness of session {session} (HTTP 409)" in str(
+        again.value
+    )
 
 
 def test_a_bad_input_share_is_a_clear_400_and_no_session_starts(cluster):
@@ -207,7 +216,7 @@ def test_a_bad_input_share_is_a_clear_400_and_no_session_starts(cluster):
         assert needle in str(refused.value)
 
 
-def test_node_to_node_calls_need_the_shared_secret(cluster):
+def test_node_to_node_calls_need_a_trusted_nodes_signature(cluster):
     worker1 = GridNodeClient(cluster.urls[1])
     provider = GridNodeClient(cluster.urls[2])
     message = wire.pack({}, {"session": secrets.token_hex(16), "party": 0, "batch": 1, "spec_digest": "x"})
@@ -248,8 +257,100 @@ def test_a_peer_that_never_joins_the_session_is_a_504_within_the_timeout(cluster
         worker0.evaluate_share(model_id, wire.pack({"x": x0}, {"session": secrets.token_hex(16)}))
 
     assert failure.value.status == 502  # worker 1 answered worker 0's first round with its own 504
-    assert "No evaluation of session" in str(failure.value)
+    assert f"The peer worker at {cluster.urls[1]} refused round 0 of session" in str(failure.value)
+    assert "(HTTP 504)" in str(failure.value)
     assert time.monotonic() - started < NODE_TIMEOUT * 3
+
+
+def test_a_node_checks_the_certificate_of_every_node_it_calls(cluster, tmp_path):
+    """A node trusted by key but serving a certificate no trusted CA signed is never sent a request."""
+    impostor = ImpostorTLSServer(tmp_path)
+    try:
+        impostor_node = NodeServer("impostor", tmp_path, "", tmp_path / "log", url=impostor.url)
+        impostor_node.public_key = load_or_create(tmp_path / "key")[0].public_key
+        model = mlp()
+        shared = split_model(model, (784,))
+        model_id = f"m-{secrets.token_hex(4)}"
+        workers = cluster.urls[:2]
+        for party, node in enumerate(cluster.nodes[:2]):
+            client = GridNodeClient(node.url)
+            client.register_encrypted_model(model_id, workers, impostor.url)
+            client.upload_model_share(
+                model_id,
+                shared.worker_parts[party],
+                spec=shared.spec.to_json(),
+                role="worker",
+                party=party,
+                allow_remote_inference=True,
+            )
+            trust(node, impostor_node)
+
+        with pytest.raises(EncryptedInferenceFailed) as failure:
+            run_encrypted_inference(model_id, torch.rand(1, 784), workers=workers)
+
+        assert failure.value.status == 502
+        assert f"The crypto provider at {impostor.url} is unreachable" in str(failure.value)
+        assert impostor.handshakes_refused >= 1
+        assert impostor.requests_read == 0
+    finally:
+        impostor.close()
+
+
+class ImpostorTLSServer:
+    """An https server on 127.0.0.1 whose certificate is self-signed: it counts handshakes that failed and
+    requests it managed to read."""
+
+    def __init__(self, folder):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256())
+        )
+        (folder / "impostor.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        (folder / "impostor.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(folder / "impostor.pem", folder / "impostor.key")
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.handshakes_refused = 0
+        self.requests_read = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            with connection:
+                try:
+                    with self.context.wrap_socket(connection, server_side=True) as tls:
+                        if tls.recv(1):
+                            self.requests_read += 1
+                except (ssl.SSLError, OSError):
+                    self.handshakes_refused += 1
+
+    def close(self):
+        self.socket.close()
 
 
 def test_a_crashed_peer_gives_the_client_a_clear_error_within_the_timeout_never_an_answer(cluster):

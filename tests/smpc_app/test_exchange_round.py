@@ -1,5 +1,6 @@
-"""POST /smpc/exchange: party 0's message for a round reaches this node's evaluation of the session, and
-the answer is party 1's message; through the WSGI fast path and through Django alike."""
+"""POST /smpc/exchange: party 0's signed message for a round reaches this node's evaluation of the session
+(this node is party 1), once, and the answer is party 1's message, signed; through the WSGI fast path and
+through Django alike. Replays and strangers are refused from the headers, before the body is read."""
 
 import json
 import secrets
@@ -9,48 +10,57 @@ import pytest
 import torch
 
 from gridnode.errors import BadGateway
+from gridnode.wsgi import application
 from smpc_app.channels import SessionMailbox, Traffic
-from smpc_app.nodeauth import signed_headers
+from smpc_app.identity import node_identity
+from smpc_app.models import ExchangeSession
+from smpc_app.nodeauth import REPLY_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEADER, reply_is_signed
 from smpc_protocol import wire
+from tests.smpc_app.helpers import call_with_large_body
 from tests.wsgi import call_wsgi
 
 pytestmark = pytest.mark.django_db
 
 PATH = "/smpc/exchange"
+MODEL = "m"
 
 
 @pytest.fixture(autouse=True)
-def smpc(settings):
-    settings.GRIDNODE_SMPC_SECRET = "e" * 40
+def party_1(settings, upload_share, peers):
+    """This node holds party 1's share of MODEL (workers: alice, then this node); alice is trusted."""
     settings.GRIDNODE_SMPC_TIMEOUT = 1
+    upload_share(MODEL, role="worker", party=1, allow_remote_inference=True)
+    peers["alice"].trusted()
 
 
 @pytest.fixture
-def node():
-    from gridnode.wsgi import application
-
-    def post(body: bytes, *, signed: bool = True, path: str = PATH):
-        headers = signed_headers("POST", path, body) if signed else {}
-        return call_wsgi(application, "POST", path, body, content_type="application/octet-stream", headers=headers)
-
-    return post
+def alice(peers):
+    return peers["alice"]
 
 
 def round_message(session: str, round_number: int = 0) -> bytes:
-    return wire.pack({"x": torch.arange(4)}, {"session": session, "model_id": "m", "round": round_number})
+    return wire.pack({"x": torch.arange(4)}, {"session": session, "model_id": MODEL, "round": round_number})
+
+
+def send(body: bytes, *, by=None, session: str, round_number: int = 0, path: str = PATH, headers=None):
+    """POST a message through the node's WSGI stack (the fast path), signed by `by` unless headers are given."""
+    if headers is None:
+        headers = by.headers(body, purpose="exchange", model_id=MODEL, session_id=session, round_number=round_number)
+    return call_wsgi(application, "POST", path, body, content_type="application/octet-stream", headers=headers)
 
 
 class Evaluation(threading.Thread):
-    """This node's side of a session: answers one round with `reply`, keeps what it received or raised."""
+    """This node's side of a session: answers its rounds with `replies`, keeps what it received or raised."""
 
-    def __init__(self, session: str, reply: dict):
+    def __init__(self, session: str, peer_key: str, replies: list[dict]):
         super().__init__(daemon=True)
-        self.mailbox = SessionMailbox(session_id=session, traffic=Traffic())
-        self.reply, self.received, self.error = reply, None, None
+        self.mailbox = SessionMailbox(session_id=session, model_id=MODEL, peer_key=peer_key, traffic=Traffic())
+        self.replies, self.received, self.error = replies, [], None
 
     def run(self):
         try:
-            self.received = self.mailbox.exchange(self.reply)
+            for reply in self.replies:
+                self.received.append(self.mailbox.exchange(reply))
         except Exception as error:
             self.error = error
         finally:
@@ -58,28 +68,114 @@ class Evaluation(threading.Thread):
 
 
 @pytest.mark.parametrize("path", [PATH, PATH + "/"])
-def test_it_hands_the_message_to_the_session_and_answers_its_reply(node, path):
+def test_it_hands_the_message_to_the_session_and_answers_its_reply_signed(alice, path):
     session = secrets.token_hex(16)
-    evaluation = Evaluation(session, {"y": torch.tensor([7, 8])})
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([7, 8])}])
     evaluation.start()
+    body = round_message(session)
+    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
 
-    status, headers, content = node(round_message(session), path=path)
+    status, answer_headers, content = send(body, session=session, path=path, headers=headers)
     evaluation.join(timeout=5)
 
     assert status == 200
-    assert headers["content-type"] == "application/octet-stream"
+    assert answer_headers["content-type"] == "application/octet-stream"
     tensors, meta = wire.unpack(content)
     assert torch.equal(tensors["y"], torch.tensor([7, 8]))
     assert meta == {"session": session, "round": 0}
-    assert torch.equal(evaluation.received["x"], torch.arange(4))
+    assert torch.equal(evaluation.received[0]["x"], torch.arange(4))
+    assert reply_is_signed(
+        sender=node_identity().public_key,
+        request_signature=headers[SIGNATURE_HEADER],
+        status=200,
+        header=answer_headers[REPLY_HEADER.lower()],
+        signature=answer_headers[REPLY_SIGNATURE_HEADER.lower()],
+        body=content,
+    )
+    assert ExchangeSession.objects.filter(session_id=session, peer_key=alice.public_key).exists()
 
 
-def test_a_message_out_of_order_stops_the_session_with_an_error_on_both_sides(node):
+def test_django_answers_the_same_way_when_the_fast_path_steps_aside(api, alice):
     session = secrets.token_hex(16)
-    evaluation = Evaluation(session, {"y": torch.tensor([1])})
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    evaluation.start()
+    body = round_message(session)
+    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
+
+    response = api.post(f"{PATH}?format=smpc", body, content_type="application/octet-stream", headers=headers)
+    evaluation.join(timeout=5)
+
+    assert response.status_code == 200, response.content
+    assert wire.unpack(response.content)[1] == {"session": session, "round": 0}
+    assert response[REPLY_HEADER]
+
+
+def test_a_replayed_first_message_is_refused_at_once_once_its_session_is_over(alice):
+    """The attack: one captured /smpc/exchange replayed held a thread for the whole timeout (504) each time."""
+    session = secrets.token_hex(16)
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    evaluation.start()
+    body = round_message(session)
+    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
+    assert send(body, session=session, headers=headers)[0] == 200
+    evaluation.join(timeout=5)
+
+    replays = [send(body, session=session, headers=headers) for _ in range(3)]
+
+    assert [status for status, _, _ in replays] == [409, 409, 409]
+    assert "accepted once" in json.loads(replays[0][2])["error"]
+    assert ExchangeSession.objects.filter(session_id=session).count() == 1
+
+
+def test_a_replayed_later_round_is_refused_at_once_and_never_waits_for_a_session(alice):
+    session = secrets.token_hex(16)
+    status, _, content = send(round_message(session, 1), by=alice, session=session, round_number=1)
+
+    assert status == 409
+    assert "No evaluation of session" in json.loads(content)["error"]
+
+
+def test_a_replay_during_the_session_is_refused_and_the_session_goes_on(alice):
+    session = secrets.token_hex(16)
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}, {"y": torch.tensor([2])}])
+    evaluation.start()
+    first = round_message(session, 0)
+    first_headers = alice.headers(first, purpose="exchange", model_id=MODEL, session_id=session)
+    assert send(first, session=session, headers=first_headers)[0] == 200
+
+    replayed = send(first, session=session, headers=first_headers)
+    second = send(round_message(session, 1), by=alice, session=session, round_number=1)
+    evaluation.join(timeout=5)
+
+    assert replayed[0] == 409
+    assert second[0] == 200
+    assert wire.unpack(second[2])[1] == {"session": session, "round": 1}
+    assert evaluation.error is None
+    assert len(evaluation.received) == 2
+
+
+def test_a_stray_round_from_the_peer_is_refused_without_ending_the_session(alice):
+    session = secrets.token_hex(16)
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    evaluation.start()
+    # Round 0 must come first: a round-3 message finds the session waiting for round 0.
+    early = send(round_message(session, 3), by=alice, session=session, round_number=3)
+    on_time = send(round_message(session, 0), by=alice, session=session)
+    evaluation.join(timeout=5)
+
+    assert early[0] == 409
+    assert "waits for round 0" in json.loads(early[2])["error"]
+    assert on_time[0] == 200
+    assert evaluation.error is None
+
+
+def test_a_body_that_breaks_the_order_its_label_promised_stops_the_session_on_both_sides(alice):
+    session = secrets.token_hex(16)
+    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
     evaluation.start()
 
-    status, _, content = node(round_message(session, round_number=3))
+    # Signed as round 0, but the message inside says round 3: party 0 is broken, the session ends.
+    status, _, content = send(round_message(session, 3), by=alice, session=session)
     evaluation.join(timeout=5)
 
     assert status == 409
@@ -87,47 +183,89 @@ def test_a_message_out_of_order_stops_the_session_with_an_error_on_both_sides(no
     assert isinstance(evaluation.error, BadGateway)
 
 
-def test_a_session_that_is_not_running_here_is_a_504_after_the_timeout(node):
-    status, _, content = node(round_message(secrets.token_hex(16)))
+def test_only_party_0_of_the_model_here_may_start_a_session(peers):
+    peers["carol"].trusted()  # trusted, but not party 0 of MODEL
+    session = secrets.token_hex(16)
+
+    trusted_bystander = send(round_message(session), by=peers["carol"], session=session)
+    stranger = send(round_message(session), by=peers["crypto"], session=session)
+
+    assert (trusted_bystander[0], stranger[0]) == (403, 403)
+    assert not ExchangeSession.objects.exists()
+
+
+def test_a_message_for_another_node_is_refused(alice, peers):
+    session = secrets.token_hex(16)
+    body = round_message(session)
+    headers = alice.headers(
+        body, purpose="exchange", model_id=MODEL, session_id=session, recipient=peers["bob"].public_key
+    )
+
+    status, _, content = send(body, session=session, headers=headers)
+
+    assert status == 401
+    assert "signed for another node" in json.loads(content)["error"]
+    assert not ExchangeSession.objects.exists()
+
+
+def test_a_session_that_is_not_running_here_is_a_504_after_the_timeout(alice):
+    session = secrets.token_hex(16)
+
+    status, _, content = send(round_message(session), by=alice, session=session)
 
     assert status == 504
     assert "No evaluation of session" in json.loads(content)["error"]
 
 
-def test_a_session_id_runs_once_at_a_time_on_a_node():
+def test_a_session_id_runs_once_at_a_time_on_a_node(alice):
     session = secrets.token_hex(16)
-    first = SessionMailbox(session_id=session, traffic=Traffic())
+
+    def mailbox():
+        return SessionMailbox(session_id=session, model_id=MODEL, peer_key=alice.public_key, traffic=Traffic())
+
+    first = mailbox()
     try:
         with pytest.raises(Exception, match="already running"):
-            SessionMailbox(session_id=session, traffic=Traffic())
+            mailbox()
     finally:
         first.close()
-    SessionMailbox(session_id=session, traffic=Traffic()).close()  # free again once closed
+    mailbox().close()  # free again once closed
 
 
-def test_unsigned_or_malformed_exchanges_are_refused_before_any_session_is_touched(node, api):
+def test_unsigned_or_malformed_exchanges_are_refused_before_any_session_is_touched(api, alice):
     session = secrets.token_hex(16)
 
-    unsigned = node(round_message(session), signed=False)
-    not_a_message = node(b"hello")
-    no_session = node(wire.pack({}, {"round": 0}))
-    through_django = api.post(PATH, round_message(session), content_type="application/octet-stream")
+    unsigned = send(round_message(session), session=session, headers={})
+    through_django = api.post(f"{PATH}?format=smpc", round_message(session), content_type="application/octet-stream")
 
     assert unsigned[0] == 401
     assert "unsigned" in json.loads(unsigned[2])["error"]
-    assert not_a_message[0] == 400
-    assert no_session[0] == 400
     assert through_django.status_code == 401
     assert through_django.json() == json.loads(unsigned[2])
 
 
-def test_the_exchange_answers_503_on_a_node_without_the_smpc_secret(node, settings):
-    body = round_message(secrets.token_hex(16))
-    headers = signed_headers("POST", PATH, body)
-    settings.GRIDNODE_SMPC_SECRET = ""
-    from gridnode.wsgi import application
+def test_a_large_body_is_refused_before_a_byte_of_it_is_read(alice):
+    """Before: /smpc/exchange read up to 512 MiB before checking the signature."""
+    length = 100 * 1024**2
+    session = secrets.token_hex(16)
 
-    status, _, content = call_wsgi(application, "POST", PATH, body, "application/octet-stream", headers=headers)
+    def signed(purpose: str, round_number: int) -> dict[str, str]:
+        return alice.headers(
+            b"", purpose=purpose, model_id=MODEL, session_id=session, round_number=round_number, length=length
+        )
 
-    assert status == 503
-    assert "GRIDNODE_SMPC_SECRET" in json.loads(content)["error"]
+    unsigned = call_with_large_body(application, PATH, length=length, headers={})
+    other_purpose = call_with_large_body(application, PATH, length=length, headers=signed("randomness", 1))
+    replayed_round = call_with_large_body(application, PATH, length=length, headers=signed("exchange", 1))
+
+    assert (unsigned[0], unsigned[2]) == (401, 0)
+    assert (other_purpose[0], other_purpose[2]) == (401, 0)
+    assert (replayed_round[0], replayed_round[2]) == (409, 0)  # no session waits for it: its body is never read
+
+
+def test_the_node_answers_4xx_never_503_whoever_asks(alice):
+    """Before: a node without GRIDNODE_SMPC_SECRET answered 503, raising its 5xx rate at a stranger's will."""
+    status, _, content = send(round_message(secrets.token_hex(16)), session="a" * 32, headers={})
+
+    assert status == 401
+    assert "error" in json.loads(content)

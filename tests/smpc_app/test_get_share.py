@@ -15,13 +15,17 @@ pytestmark = pytest.mark.django_db
 
 @pytest.mark.parametrize("path", ["/encrypted-models/shown/share", "/encrypted-models/shown/share/"])
 def test_it_shows_the_share(api, upload_share, path):
-    uploaded = upload_share("shown", "worker", 1, allow_download=True)
+    uploaded = upload_share("shown", "worker", 1, allow_remote_inference=True)
 
     response = api.get(path)
 
     assert response.status_code == 200
     assert response.json() == uploaded
-    assert (response.json()["role"], response.json()["party"], response.json()["allow_download"]) == ("worker", 1, True)
+    assert (response.json()["role"], response.json()["party"], response.json()["allow_download"]) == (
+        "worker",
+        1,
+        False,
+    )
     assert ModelShare.objects.get().party == 1
 
 
@@ -81,20 +85,20 @@ def test_the_list_reads_shares_without_a_query_per_registration(api, register, u
 
 @pytest.mark.parametrize("path", ["/encrypted-models/flags/share", "/encrypted-models/flags/share/"])
 def test_patch_sets_the_flags_it_is_given_and_keeps_the_others(api, upload_share, path):
-    upload_share("flags", allow_download=True)
+    upload_share("flags")
 
     response = api.patch(path, {"allow_remote_inference": True}, format="json")
 
     assert response.status_code == 200
-    assert (response.json()["allow_remote_inference"], response.json()["allow_download"]) == (True, True)
+    assert (response.json()["allow_remote_inference"], response.json()["allow_download"]) == (True, False)
     share = ModelShare.objects.get()
-    assert (share.allow_remote_inference, share.allow_download) == (True, True)
+    assert (share.allow_remote_inference, share.allow_download) == (True, False)
     assert api.get("/encrypted-models/flags/share").json() == response.json()
 
 
 @pytest.mark.parametrize("content", ["multipart", "form"])
 def test_patch_takes_form_booleans(api, upload_share, content):
-    upload_share("flags", allow_remote_inference=True, allow_download=True)
+    upload_share("flags", allow_remote_inference=True)
     body = {"allow_remote_inference": "False", "allow_download": "0"}
 
     if content == "multipart":
@@ -133,13 +137,13 @@ def test_patch_refuses_what_it_cannot_read(api, upload_share, body, message):
 
 def test_patch_answers_404_without_a_share(api, register):
     register("bare")
-    response = api.patch("/encrypted-models/bare/share", {"allow_download": True}, format="json")
+    response = api.patch("/encrypted-models/bare/share", {"allow_remote_inference": True}, format="json")
     assert response.status_code == 404
     assert response.json() == {"error": "This node holds no share of this encrypted model."}
 
 
 def test_patch_answers_404_for_an_unknown_model(api):
-    response = api.patch("/encrypted-models/unknown/share", {"allow_download": True}, format="json")
+    response = api.patch("/encrypted-models/unknown/share", {"allow_remote_inference": True}, format="json")
     assert response.status_code == 404
     assert response.json() == {"error": "Encrypted model not found."}
 
@@ -210,7 +214,7 @@ def test_share_load_answers_the_flag_as_it_is_now(api, upload_share):
 
 
 def test_share_load_refuses_a_share_whose_owner_does_not_allow_inference(upload_share):
-    upload_share("private", allow_download=True)
+    upload_share("private")
 
     with pytest.raises(Forbidden) as refused:
         share_load(model_id="private", role="worker")

@@ -16,8 +16,9 @@ import time
 import pytest
 import torch
 
-from smpc_app import channels
+from smpc_app import channels, nodeauth
 from smpc_protocol import engine, randomness, wire
+from tests.smpc_app.helpers import PeerNode
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +57,8 @@ class FakeNodeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path.startswith("/provider/"):
+        provider = self.path.startswith("/provider/")
+        if provider:
             time.sleep(self.server.provider_delay)
             _, meta = wire.unpack(body)
             reply = wire.pack(dealt(self.server.shared_model, party=meta["party"]), {"bundle_id": BUNDLE_ID})
@@ -65,9 +67,19 @@ class FakeNodeHandler(http.server.BaseHTTPRequestHandler):
             # The echo has party 1's names, shapes and agreement digest: party 0 takes it for its peer's.
             tensors, meta = wire.unpack(body)
             reply = wire.pack(tensors, {"session": meta["session"], "round": meta["round"]})
+        signer = self.server.provider if provider else self.server.peer
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(reply)))
+        signed = nodeauth.sign_reply(
+            request_signature=self.headers[nodeauth.SIGNATURE_HEADER], status=200, body=reply, identity=signer.identity
+        )
+        for name, value in signed.items():
+            self.send_header(name, value)
+        if provider:
+            # Not kept alive, so that the connections left open are the peer's alone.
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(reply)
 
@@ -80,9 +92,11 @@ class FakeNodes(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, shared_model):
+    def __init__(self, shared_model, keys_folder):
         super().__init__(("127.0.0.1", 0), FakeNodeHandler)
         self.shared_model = shared_model
+        self.provider = PeerNode(keys_folder / "provider", f"{self.url}/provider")
+        self.peer = PeerNode(keys_folder / "peer", f"{self.url}/peer")
         self.provider_delay = 0.0
         self.peer_delay = 0.0
         self.open_connections = 0
@@ -108,9 +122,9 @@ class FakeNodes(http.server.ThreadingHTTPServer):
 class SlowPartyZero(threading.Thread):
     """Party 0's real evaluation, sending each round `delay` s late to this node's party 1 via `deliver`."""
 
-    def __init__(self, shared_model, *, session: str, delay: float):
+    def __init__(self, shared_model, peer: PeerNode, *, session: str, delay: float):
         super().__init__(daemon=True)
-        self.shared_model, self.session, self.delay = shared_model, session, delay
+        self.shared_model, self.peer, self.session, self.delay = shared_model, peer, session, delay
         self.round = 0
         self.error: Exception | None = None
 
@@ -132,22 +146,31 @@ class SlowPartyZero(threading.Thread):
     def exchange(self, payload):
         time.sleep(self.delay)
         message = wire.pack(payload, {"session": self.session, "model_id": "shared", "round": self.round})
-        tensors, _ = wire.unpack(channels.deliver(session_id=self.session, message=message))
+        headers = self.peer.headers(
+            message, purpose="exchange", model_id="shared", session_id=self.session, round_number=self.round
+        )
+        label = nodeauth.check_request(
+            purpose="exchange",
+            header=headers[nodeauth.MESSAGE_HEADER],
+            signature=headers[nodeauth.SIGNATURE_HEADER],
+            content_length=len(message),
+            limit=len(message),
+        )
+        tensors, _ = wire.unpack(channels.deliver(label=label, read_body=lambda: message))
         self.round += 1
         return tensors
 
 
 @pytest.fixture(autouse=True)
 def smpc(settings):
-    settings.GRIDNODE_SMPC_SECRET = "d" * 40
     settings.GRIDNODE_SMPC_TIMEOUT = ROUND_TIMEOUT
     settings.GRIDNODE_INFERENCE_TIMEOUT = DEADLINE
     settings.GRIDNODE_SMPC_MAX_SESSIONS = 1  # so a slot the deadline did not give back shows as a 503
 
 
 @pytest.fixture
-def fake_nodes(shared_model):
-    server = FakeNodes(shared_model)
+def fake_nodes(shared_model, tmp_path_factory):
+    server = FakeNodes(shared_model, tmp_path_factory.mktemp("fake-node-keys"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -160,9 +183,11 @@ def worker(register, upload_share, fake_nodes):
     """This node as party `party` of 'shared', with the fake provider and peer."""
 
     def host(party: int):
-        me, peer = "http://127.0.0.1:1", f"{fake_nodes.url}/peer"
+        me, peer = "http://127.0.0.1:1", fake_nodes.peer.url
         workers = [me, peer] if party == 0 else [peer, me]
-        register("shared", workers=workers, crypto_provider=[f"{fake_nodes.url}/provider"])
+        register("shared", workers=workers, crypto_provider=[fake_nodes.provider.url])
+        fake_nodes.peer.trusted()
+        fake_nodes.provider.trusted()
         upload_share("shared", role="worker", party=party, registered=True, allow_remote_inference=True)
 
     return host
@@ -198,10 +223,12 @@ def test_it_stops_party_0_at_the_deadline_when_the_peer_answers_every_round_just
     assert evaluate(api, secrets.token_hex(16)).status_code == 200
 
 
-def test_it_stops_party_1_at_the_deadline_when_party_0_sends_every_round_just_in_time(api, worker, shared_model):
+def test_it_stops_party_1_at_the_deadline_when_party_0_sends_every_round_just_in_time(
+    api, worker, shared_model, fake_nodes
+):
     worker(1)
     session = secrets.token_hex(16)
-    party_zero = SlowPartyZero(shared_model, session=session, delay=SLOW)
+    party_zero = SlowPartyZero(shared_model, fake_nodes.peer, session=session, delay=SLOW)
     party_zero.start()
 
     response, elapsed = timed_evaluate(api, session)
@@ -211,9 +238,12 @@ def test_it_stops_party_1_at_the_deadline_when_party_0_sends_every_round_just_in
     assert elapsed < DEADLINE + MARGIN
     party_zero.join(timeout=ROUND_TIMEOUT + SLOW + 1)
     assert party_zero.error is not None  # its late round found the session over
-    channels.SessionMailbox(session_id=session, traffic=channels.Traffic()).close()  # the session's socket is free
+    # The session's socket is free.
+    channels.SessionMailbox(
+        session_id=session, model_id="shared", peer_key=fake_nodes.peer.public_key, traffic=channels.Traffic()
+    ).close()
     session = secrets.token_hex(16)
-    prompt = SlowPartyZero(shared_model, session=session, delay=0.0)
+    prompt = SlowPartyZero(shared_model, fake_nodes.peer, session=session, delay=0.0)
     prompt.start()
     assert evaluate(api, session).status_code == 200
     prompt.join(timeout=5)
@@ -242,5 +272,5 @@ def test_a_round_timeout_before_the_deadline_keeps_its_own_message(api, worker, 
     response = evaluate(api, secrets.token_hex(16))
 
     assert response.status_code == 504
-    assert "did not answer round 0 of session" in response.json()["error"]
+    assert "timed out: no answer to round 0 of session" in response.json()["error"]
     assert "within 3 s" in response.json()["error"]

@@ -9,6 +9,7 @@ import torch
 
 from smpc_app.models import RandomnessSession
 from smpc_protocol import wire
+from tests.smpc_app.helpers import PeerNode
 
 pytestmark = pytest.mark.django_db
 
@@ -19,16 +20,30 @@ PEER = "http://127.0.0.1:10"
 
 @pytest.fixture(autouse=True)
 def smpc(settings):
-    settings.GRIDNODE_SMPC_SECRET = "w" * 40
     settings.GRIDNODE_SMPC_TIMEOUT = 2
 
 
 @pytest.fixture
-def worker(register, upload_share):
-    """Party `party`'s share of `shared` on this node, with a crypto provider that is down."""
+def trusted(tmp_path_factory):
+    """Trust the nodes at these addresses (each with a key of its own)."""
+    root = tmp_path_factory.mktemp("trusted")
+
+    def trust(*urls: str) -> None:
+        for index, url in enumerate(urls):
+            PeerNode(root / str(index), url).trusted()
+
+    return trust
+
+
+@pytest.fixture
+def worker(register, upload_share, trusted):
+    """Party `party`'s share of `shared` on this node, with a crypto provider that is down; the other
+    worker and the provider trusted."""
 
     def host(party: int = 0, **flags):
-        register("shared", workers=[PEER, "http://127.0.0.1:11"], crypto_provider=[NOBODY])
+        workers = [PEER, "http://127.0.0.1:11"]
+        register("shared", workers=workers, crypto_provider=[NOBODY])
+        trusted(workers[1 - party], NOBODY)
         flags.setdefault("allow_remote_inference", True)
         upload_share("shared", role="worker", party=party, registered=True, **flags)
 
@@ -52,7 +67,10 @@ def test_an_unreachable_crypto_provider_is_a_502_naming_it(api, worker, party):
     response = evaluate(api, input_share(session=session))
 
     assert response.status_code == 502
-    assert f"crypto provider at {NOBODY}" in response.json()["error"]
+    assert response.json()["error"] == (
+        f"The crypto provider at {NOBODY} is unreachable: the randomness of session {session} "
+        "could not be sent or answered."
+    )
     # The session is over on this node: the same id could be tried again rather than "already running".
     assert evaluate(api, input_share(session=session)).status_code == 502
 

@@ -15,16 +15,16 @@ SHARES = "/admin/smpc_app/modelshare/"
 REGISTRATIONS = "/admin/smpc_app/encryptedmodel/"
 
 
-def toggles(*rows: tuple[ModelShare, bool, bool]) -> dict:
-    """The changelist's POST for its editable columns: (share, allow_remote_inference, allow_download) per row."""
+def toggles(*rows: tuple[ModelShare, bool]) -> dict:
+    """The changelist's POST for its editable column: (share, allow_remote_inference) per row."""
     data = {"form-TOTAL_FORMS": str(len(rows)), "form-INITIAL_FORMS": str(len(rows)), "_save": "Save"}
-    for index, (share, inference, download) in enumerate(rows):
+    for index, (share, inference) in enumerate(rows):
         data[f"form-{index}-id"] = str(share.pk)
         # An unchecked box is left out of the form, as a browser does.
         if inference:
             data[f"form-{index}-allow_remote_inference"] = "on"
-        if download:
-            data[f"form-{index}-allow_download"] = "on"
+        # What a forged form would add: the list offers no download box, so this is ignored.
+        data[f"form-{index}-allow_download"] = "on"
     return data
 
 
@@ -53,19 +53,18 @@ def test_search_finds_a_share_by_model_id(admin_client, upload_share):
 
 def test_toggling_permissions_from_the_list_applies_to_the_api(admin_client, api, upload_share):
     upload_share("toggle", allow_remote_inference=True)
-    upload_share("untouched", allow_download=True)
+    upload_share("untouched")
     toggled = ModelShare.objects.get(registration__model_id="toggle")
     untouched = ModelShare.objects.get(registration__model_id="untouched")
-    assert api.get("/encrypted-models/toggle/share/data").status_code == 403
 
-    response = admin_client.post(SHARES, toggles((toggled, False, True), (untouched, False, True)))
+    response = admin_client.post(SHARES, toggles((toggled, False), (untouched, True)))
 
     assert response.status_code == 302
     toggled.refresh_from_db()
     untouched.refresh_from_db()
-    assert (toggled.allow_remote_inference, toggled.allow_download) == (False, True)
-    assert (untouched.allow_remote_inference, untouched.allow_download) == (False, True)
-    assert api.get("/encrypted-models/toggle/share/data").status_code == 200
+    assert (toggled.allow_remote_inference, toggled.allow_download) == (False, False)
+    assert (untouched.allow_remote_inference, untouched.allow_download) == (True, False)
+    assert api.get("/encrypted-models/toggle/share/data").status_code == 403
     assert api.get("/encrypted-models/toggle/share").json()["allow_remote_inference"] is False
 
 
@@ -117,13 +116,14 @@ def test_uploading_from_the_admin_stores_a_checked_share(
     raw = part_bytes("worker", 1)
 
     response = admin_client.post(
-        f"{SHARES}add/", add_form(registration, shared_model.spec.to_json(), raw, party="1", allow_download="on")
+        f"{SHARES}add/",
+        add_form(registration, shared_model.spec.to_json(), raw, party="1", allow_download="on"),  # ignored
     )
 
     assert response.status_code == 302
     share = ModelShare.objects.get()
     assert (share.registration, share.role, share.party, share.size) == (registration, "worker", 1, len(raw))
-    assert (share.allow_remote_inference, share.allow_download, share.uploaded_by) == (False, True, admin_user)
+    assert (share.allow_remote_inference, share.allow_download, share.uploaded_by) == (False, False, admin_user)
     assert share.spec_digest == shared_model.spec.digest()
     assert share.archive.read() == raw
     assert stored_share_files(data_dir) == [share.archive.name.removeprefix("shares/")]
@@ -182,7 +182,7 @@ def test_deleting_a_share_from_the_admin_removes_its_file(
 
 
 def test_the_registration_page_shows_its_share(admin_client, upload_share, register):
-    upload_share("held", "worker", 1, allow_download=True)
+    upload_share("held", "worker", 1)
     register("bare")
     held = EncryptedModel.objects.get(model_id="held")
     share = ModelShare.objects.get()
@@ -193,7 +193,7 @@ def test_the_registration_page_shows_its_share(admin_client, upload_share, regis
 
     assert "worker, party 1" in listing
     assert f'href="{SHARES}{share.pk}/change/"' in page
-    assert "remote inference not allowed, download allowed" in page
+    assert "remote inference not allowed, download not allowed" in page
     assert "None uploaded" in bare.content.decode()
 
 

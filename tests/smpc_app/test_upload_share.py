@@ -93,7 +93,7 @@ def test_it_stores_the_crypto_providers_part_sent_as_text_in_json(api, register,
         "encoding": encoding,
         "share": text,
         "allow_remote_inference": True,
-        "allow_download": "True",
+        "allow_download": "False",
     }
 
     response = api.post("/encrypted-models/provided/share", body, format="json")
@@ -102,7 +102,7 @@ def test_it_stores_the_crypto_providers_part_sent_as_text_in_json(api, register,
     assert (response.json()["role"], response.json()["party"]) == ("crypto_provider", None)
     share = ModelShare.objects.get()
     assert (share.role, share.party) == ("crypto_provider", None)
-    assert (share.allow_remote_inference, share.allow_download) == (True, True)
+    assert (share.allow_remote_inference, share.allow_download) == (True, False)
     assert share.archive.read() == raw
     assert share.sha256 == hashlib.sha256(raw).hexdigest()
 
