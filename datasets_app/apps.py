@@ -6,6 +6,3 @@ class DatasetsAppConfig(AppConfig):
 
     name = "datasets_app"
     verbose_name = "Datasets"
-
-    def ready(self) -> None:
-        from datasets_app import signals  # noqa: F401  (connects the storage clean-up)

@@ -3,6 +3,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
+from gridnode.storedfiles import StoredFileRow
 
 TAG_MAX_LENGTH = 100
 
@@ -19,12 +20,15 @@ class Tag(models.Model):
         return self.name
 
 
-class Dataset(models.Model):
+class Dataset(StoredFileRow):
     """One tensor stored on this node, described and tagged so that others can find it.
 
     On PostgreSQL a trigram index (migration 0002, not visible to the ORM) backs the substring
     search over `description`.
     """
+
+    file_field = "data"
+    not_found = "Dataset not found."
 
     dataset_id = models.CharField(
         max_length=128,

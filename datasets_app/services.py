@@ -12,16 +12,16 @@ import torch
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import StrIndex
 from django.db.models.lookups import GreaterThan
 
 from datasets_app.models import TAG_MAX_LENGTH, Dataset, Tag
 from gridnode.auth import authenticated_or_none
-from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound
+from gridnode.storedfiles import Staged, stage, store
 from gridnode.tensors import dump_tensors, tensor_from_json
-from gridnode.uploads import StagedFile, stage_to_disk
 from gridnode.ziplimits import check_zip, is_zip
 
 DESCRIPTION_MAX_LENGTH = 10_000
@@ -32,19 +32,11 @@ Tagging = Dataset.tags.through
 
 
 @dataclass
-class StagedTensor:
-    """An uploaded tensor on local disk, checked to be one tensor, not yet stored under a dataset id."""
+class StagedTensor(Staged):
+    """An uploaded tensor in the staging folder, checked to be one tensor, not yet stored under a dataset id."""
 
-    path: Path
-    size: int
-    sha256: str
     shape: list[int]
     dtype: str
-    owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
-
-    def discard(self) -> None:
-        if self.owned:
-            self.path.unlink(missing_ok=True)
 
 
 def _unstorable(text: str) -> bool:
@@ -85,11 +77,6 @@ def description_check(*, description) -> str:
     if _unstorable(description):
         raise BadRequest("'description' must not contain NUL characters or lone surrogates.")
     return description
-
-
-def _size_limit_error() -> PayloadTooLarge:
-    limit = settings.GRIDNODE_MAX_DATASET_BYTES
-    return PayloadTooLarge(f"The dataset is larger than this node accepts ({limit} bytes).")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -141,25 +128,16 @@ def tensor_stage(*, upload=None, content: bytes | None = None, dtype: str | None
 
     A `dtype`, when given, must be the tensor's.
     """
-    declared = upload.size if upload is not None else len(content or b"")
-    if declared > settings.GRIDNODE_MAX_DATASET_BYTES:
-        raise _size_limit_error()
-    path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
-    try:
-        if size == 0:
-            raise BadRequest("'data' is empty.")
-        if size > settings.GRIDNODE_MAX_DATASET_BYTES:
-            raise _size_limit_error()
-        tensor = _load_one_tensor(path)
+    staged = stage(
+        upload=upload, content=content, field="data", noun="dataset", limit=settings.GRIDNODE_MAX_DATASET_BYTES
+    )
+    with staged.discarded_on_error():
+        tensor = _load_one_tensor(staged.path)
         shape, actual = list(tensor.shape), dtype_name(tensor.dtype)
         del tensor  # releases the memory map before the file is moved into storage
         if dtype is not None and dtype != actual:
             raise BadRequest(f"'dtype' says {dtype} but the tensor is {actual}.")
-    except BaseException:
-        if owned:
-            path.unlink(missing_ok=True)
-        raise
-    return StagedTensor(path=path, size=size, sha256=sha256, shape=shape, dtype=actual, owned=owned)
+    return StagedTensor(**vars(staged), shape=shape, dtype=actual)
 
 
 def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
@@ -225,35 +203,25 @@ def dataset_create(
     Without an id the dataset gets a fresh uuid4 (its canonical text, which follows the id rules).
     """
     dataset_id = dataset_id or str(uuid.uuid4())
-    try:
-        dataset_id_available(dataset_id=dataset_id)
-        with StagedFile(staged.path) as staged_file:
-            name = default_storage.save(f"datasets/{uuid.uuid4().hex}.pt", staged_file)
-    finally:
-        staged.discard()
-    dataset = Dataset(
-        dataset_id=dataset_id,
-        description=description,
-        shape=staged.shape,
-        dtype=staged.dtype,
-        data=name,
-        size=staged.size,
-        sha256=staged.sha256,
-        allow_download=allow_download,
-        uploaded_by=authenticated_or_none(uploaded_by),
+    return store(
+        staged,
+        folder="datasets",
+        suffix=".pt",
+        available=lambda: dataset_id_available(dataset_id=dataset_id),
+        taken=lambda: Conflict(f"Dataset with id: {dataset_id} already exists."),
+        row=lambda name: Dataset(
+            dataset_id=dataset_id,
+            description=description,
+            shape=staged.shape,
+            dtype=staged.dtype,
+            data=name,
+            size=staged.size,
+            sha256=staged.sha256,
+            allow_download=allow_download,
+            uploaded_by=authenticated_or_none(uploaded_by),
+        ),
+        with_row=lambda dataset: _attach_tags(dataset, tags),
     )
-    try:
-        dataset.full_clean(validate_unique=False, validate_constraints=False)
-        with transaction.atomic():
-            dataset.save()
-            _attach_tags(dataset, tags)
-    except IntegrityError:
-        default_storage.delete(name)
-        raise Conflict(f"Dataset with id: {dataset_id} already exists.") from None
-    except BaseException:
-        default_storage.delete(name)
-        raise
-    return dataset
 
 
 def dataset_set_tags(*, dataset: Dataset, tags: list[str]) -> None:
@@ -265,7 +233,7 @@ def dataset_set_tags(*, dataset: Dataset, tags: list[str]) -> None:
 
 
 def dataset_delete(*, dataset_id: str) -> None:
-    """Delete a dataset; its tensor file goes once the deletion commits (see signals)."""
+    """Delete a dataset; its tensor file goes once the deletion commits (gridnode/storedfiles.py)."""
     with transaction.atomic():
         deleted, _ = Dataset.objects.filter(dataset_id=dataset_id).delete()
     if not deleted:
@@ -308,22 +276,12 @@ def dataset_for_download(*, dataset_id: str) -> Dataset:
     return dataset
 
 
-def dataset_bytes(*, dataset: Dataset) -> bytes:
-    """The stored `torch.save` bytes of a dataset."""
-    try:
-        with default_storage.open(dataset.data.name, "rb") as stored:
-            return stored.read()
-    except FileNotFoundError:
-        # Deleted between the query and the read: as if the request had come a moment later.
-        raise NotFound(NOT_FOUND) from None
-
-
 def dataset_tensor(*, dataset: Dataset) -> torch.Tensor:
     """The stored tensor of a dataset, memory-mapped when the storage is a local disk."""
     try:
         source = Path(default_storage.path(dataset.data.name))
     except NotImplementedError:
-        source = io.BytesIO(dataset_bytes(dataset=dataset))
+        source = io.BytesIO(dataset.read_stored())
     if isinstance(source, Path) and not source.exists():
         raise NotFound(NOT_FOUND)
     return _load_one_tensor(source)

@@ -210,7 +210,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
         if output_format not in (None, ""):
             raise BadRequest("'format' must be json, or left out for torch.save bytes.")
         encoding = parse_encoding(request.query_params.get("encoding") or LATIN1, allow_json=False)
-        raw = services.dataset_bytes(dataset=dataset)
+        raw = dataset.read_stored()
         # ASCII-escaped (`\u00e9`): read right whatever charset the client decodes the answer in (api.md).
         return Response(
             {"encoding": encoding, "data": orjson.Fragment(json.dumps(encode_bytes(raw, encoding)).encode())}

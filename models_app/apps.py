@@ -11,7 +11,5 @@ class ModelsAppConfig(AppConfig):
         import torch
         from django.conf import settings
 
-        from models_app import signals  # noqa: F401  (connects the storage clean-up)
-
         if settings.GRIDNODE_TORCH_THREADS:
             torch.set_num_threads(settings.GRIDNODE_TORCH_THREADS)

@@ -3,10 +3,14 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
+from gridnode.storedfiles import StoredFileRow
 
 
-class HostedModel(models.Model):
+class HostedModel(StoredFileRow):
     """A PyTorch model hosted on this node: its archive in storage and what others may do with it."""
+
+    file_field = "archive"
+    not_found = "Model not found."
 
     class Kind(models.TextChoices):
         JIT = "jit", "TorchScript (jit)"

@@ -1,17 +1,14 @@
 """Every write and every rule about hosted models; the API views and the admin both call these."""
 
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from gridnode.auth import authenticated_or_none
-from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
-from gridnode.uploads import StagedFile, stage_to_disk
+from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound
+from gridnode.storedfiles import Staged, stage, store
 from models_app import archives, executor
 from models_app.executor import ModelRef
 from models_app.models import HostedModel
@@ -22,42 +19,24 @@ _SUFFIX = {archives.JIT: ".pt", archives.PLAN: ".pt2"}
 
 
 @dataclass
-class StagedArchive:
-    """An uploaded archive on local disk, checked, not yet stored under a model id."""
+class StagedArchive(Staged):
+    """An uploaded archive in the staging folder, checked, not yet stored under a model id."""
 
-    path: Path
-    size: int
-    sha256: str
     kind: str
-    owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
-
-    def discard(self) -> None:
-        if self.owned:
-            self.path.unlink(missing_ok=True)
 
 
 def archive_stage(*, upload=None, content: bytes | None = None, model_type: str | None = None) -> StagedArchive:
     """Check an uploaded archive (a multipart file or decoded bytes) by loading it once, in an inference
     process under its bounds (executor.check_archive): the serving process never loads a stranger's model.
     """
-    path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
-    try:
-        if size == 0:
-            raise BadRequest("'model' is empty.")
-        if size > settings.GRIDNODE_MAX_MODEL_BYTES:
-            raise PayloadTooLarge(
-                f"The model is larger than this node accepts ({settings.GRIDNODE_MAX_MODEL_BYTES} bytes)."
-            )
-        with open(path, "rb") as source:
+    staged = stage(upload=upload, content=content, field="model", noun="model", limit=settings.GRIDNODE_MAX_MODEL_BYTES)
+    with staged.discarded_on_error():
+        with open(staged.path, "rb") as source:
             kind = archives.detect_kind(source)
-            if model_type not in (None, "", kind):
-                raise BadRequest(f"'model_type' says {model_type!s:.8} but the archive is a {kind} archive.")
-        executor.check_archive(path, kind)
-    except BaseException:
-        if owned:
-            path.unlink(missing_ok=True)
-        raise
-    return StagedArchive(path=path, size=size, sha256=sha256, kind=kind, owned=owned)
+        if model_type not in (None, "", kind):
+            raise BadRequest(f"'model_type' says {model_type!s:.8} but the archive is a {kind} archive.")
+        executor.check_archive(staged.path, kind)
+    return StagedArchive(**vars(staged), kind=kind)
 
 
 def model_id_available(*, model_id: str) -> None:
@@ -78,37 +57,27 @@ def model_serve(
 
     `uploaded_by` is the authenticated user who sent it (None, or an anonymous user, records nobody).
     """
-    try:
-        model_id_available(model_id=model_id)
-        with StagedFile(staged.path) as staged_file:
-            name = default_storage.save(f"models/{uuid.uuid4().hex}{_SUFFIX[staged.kind]}", staged_file)
-    finally:
-        staged.discard()
-    hosted = HostedModel(
-        model_id=model_id,
-        kind=staged.kind,
-        archive=name,
-        size=staged.size,
-        sha256=staged.sha256,
-        allow_download=allow_download,
-        allow_remote_inference=allow_remote_inference,
-        uploaded_by=authenticated_or_none(uploaded_by),
+    return store(
+        staged,
+        folder="models",
+        suffix=_SUFFIX[staged.kind],
+        available=lambda: model_id_available(model_id=model_id),
+        taken=lambda: Conflict(f"Model with id: {model_id} already exists."),
+        row=lambda name: HostedModel(
+            model_id=model_id,
+            kind=staged.kind,
+            archive=name,
+            size=staged.size,
+            sha256=staged.sha256,
+            allow_download=allow_download,
+            allow_remote_inference=allow_remote_inference,
+            uploaded_by=authenticated_or_none(uploaded_by),
+        ),
     )
-    try:
-        hosted.full_clean(validate_unique=False, validate_constraints=False)
-        with transaction.atomic():
-            hosted.save()
-    except IntegrityError:
-        default_storage.delete(name)
-        raise Conflict(f"Model with id: {model_id} already exists.") from None
-    except BaseException:
-        default_storage.delete(name)
-        raise
-    return hosted
 
 
 def model_delete(*, model_id: str) -> None:
-    """Delete a hosted model; its archive goes once the deletion commits (see signals)."""
+    """Delete a hosted model; its archive goes once the deletion commits (gridnode/storedfiles.py)."""
     with transaction.atomic():
         deleted, _ = HostedModel.objects.filter(model_id=model_id).delete()
     if not deleted:

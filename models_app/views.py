@@ -288,14 +288,13 @@ class HostedModelViewSet(viewsets.ViewSet):
             suffix = ".pt2" if hosted.kind == PLAN else ".pt"
             # The type is stated: guessed from the file name, a .pt archive was application/vnd.snesdev-page-table.
             return FileResponse(
-                hosted.archive.open("rb"),
+                hosted.open_stored(),
                 as_attachment=True,
                 filename=f"{hosted.model_id}{suffix}",
                 content_type=ArchiveRenderer.media_type,
             )
         encoding = parse_encoding(request.query_params.get("encoding") or LATIN1, allow_json=False)
-        with hosted.archive.open("rb") as stored:
-            raw = stored.read()
+        raw = hosted.read_stored()
         # ASCII-escaped (`\u00e9`), as the old node's json.dumps answered: the 2019 client decodes the answer
         # as ISO-8859-1, and raw UTF-8 came back to it as a corrupt archive.
         return Response({"serialized_model": orjson.Fragment(json.dumps(encode_bytes(raw, encoding)).encode())})

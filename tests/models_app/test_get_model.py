@@ -64,3 +64,19 @@ def test_it_answers_400_for_an_unknown_encoding(api, serve, mlp_jit):
 
     assert response.status_code == 400
     assert "Unknown encoding" in response.json()["error"]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/octet-stream"])
+def test_it_answers_404_when_the_archive_went_with_a_concurrent_delete(api, serve, mlp_jit, accept):
+    """The row was read, then another request's delete removed the file: as if this request came later."""
+    from django.core.files.storage import default_storage
+
+    from models_app.models import HostedModel
+
+    serve("racing", mlp_jit, allow_download=True)
+    default_storage.delete(HostedModel.objects.get(model_id="racing").archive.name)
+
+    response = api.get("/get_model/racing", HTTP_ACCEPT=accept)
+
+    assert response.status_code == 404
+    assert response.json() == {"success": False, "error": "Model not found."}
