@@ -167,3 +167,69 @@ def test_a_method_the_endpoint_does_not_have_still_needs_a_token_for_its_kind(ap
     close(WRITE)
     assert_unauthorized(api.post("/models", {}, format="json"), success=False)
     assert api.get("/serve-model").status_code == 405
+
+
+# Every action of the encrypted-model views (smpc_app), with its group. `nodes` is for calls between the
+# nodes of a model, which prove themselves with a signature and are never asked for a user token: moving a
+# client's endpoint there (the inference entry point, say) would open it on a node whose operator closed
+# its group, and must fail a test here.
+SMPC_ENDPOINTS = [
+    (READ, "get", "/encrypted-models"),
+    (WRITE, "post", "/encrypted-models"),
+    (READ, "get", "/encrypted-models/e"),
+    (WRITE, "delete", "/encrypted-models/e"),
+    (WRITE, "post", "/encrypted-models/e/share"),
+    (READ, "get", "/encrypted-models/e/share"),
+    (WRITE, "patch", "/encrypted-models/e/share"),
+    (WRITE, "delete", "/encrypted-models/e/share"),
+    (DOWNLOAD, "get", "/encrypted-models/e/share/data"),
+    (INFERENCE, "post", "/encrypted-models/e/inference"),
+    (NODES, "post", "/encrypted-models/e/randomness"),
+    (NODES, "post", "/smpc/exchange"),
+    (READ, "post", "/search-encrypted-models"),
+]
+CLIENT_SMPC_ENDPOINTS = [entry for entry in SMPC_ENDPOINTS if entry[0] != NODES]
+
+
+def smpc_ids(entries) -> list[str]:
+    return [f"{method.upper()} {path}" for _, method, path in entries]
+
+
+def smpc_action(method: str, path: str) -> tuple[type, str]:
+    match = resolve(path)
+    return match.func.cls, match.func.actions[method]
+
+
+def test_the_smpc_table_names_every_action_of_the_encrypted_model_views():
+    routed = {
+        (callback.cls, action)
+        for _, callback in _routes(get_resolver().url_patterns)
+        if getattr(callback, "cls", None) is not None and callback.cls.__module__.startswith("smpc_app")
+        for action in callback.actions.values()
+    }
+
+    assert {smpc_action(method, path) for _, method, path in SMPC_ENDPOINTS} == routed
+
+
+@pytest.mark.parametrize(("group", "method", "path"), SMPC_ENDPOINTS, ids=smpc_ids(SMPC_ENDPOINTS))
+def test_the_smpc_table_is_what_the_views_declare(group, method, path):
+    view_class, action = smpc_action(method, path)
+
+    assert getattr(view_class, action).auth_group == group
+
+
+@pytest.mark.parametrize(("group", "method", "path"), CLIENT_SMPC_ENDPOINTS, ids=smpc_ids(CLIENT_SMPC_ENDPOINTS))
+def test_closing_its_group_closes_the_smpc_endpoint(api, close, group, method, path):
+    close(group)
+
+    assert_unauthorized(getattr(api, method)(path), MISSING)
+
+
+@pytest.mark.parametrize(("group", "method", "path"), SMPC_ENDPOINTS, ids=smpc_ids(SMPC_ENDPOINTS))
+def test_closing_every_other_group_leaves_the_smpc_endpoint_open(api, close, group, method, path):
+    # A `nodes` endpoint stays open with every group closed: its signature, not a token, is checked.
+    close(*(other for other in GROUPS if other != group))
+
+    response = getattr(api, method)(path)
+
+    assert not (response.status_code == 401 and response.json().get("error") == MISSING), response.content
