@@ -17,6 +17,27 @@ MAX_ABS_VALUE = 2.0**29
 _INT64 = torch.int64
 
 
+class OutOfRange(ValueError):
+    """Values an encrypted model cannot take: not finite, or MAX_ABS_VALUE or more in magnitude."""
+
+
+def check_range(values: torch.Tensor, what: str = "inputs") -> None:
+    """OutOfRange unless every value is finite and smaller than MAX_ABS_VALUE in magnitude.
+
+    Larger inputs do not fail the protocol: its products wrap around the ring and the answer is garbage.
+    The client checks before sending anything (workers hold uniform shares and cannot tell).
+    """
+    limit = f"smaller than 2^{int(math.log2(MAX_ABS_VALUE))} = {int(MAX_ABS_VALUE)} in magnitude"
+    floats = values.detach().to(torch.float64)
+    if not bool(torch.isfinite(floats).all()):
+        raise OutOfRange(f"{what} must be finite numbers {limit} (ring.MAX_ABS_VALUE)")
+    if floats.numel() and float(floats.abs().max()) >= MAX_ABS_VALUE:
+        raise OutOfRange(
+            f"{what} must be {limit} (ring.MAX_ABS_VALUE, the fixed-point range of encrypted inference); "
+            f"the largest here is {float(floats.abs().max()):g}"
+        )
+
+
 def encode(values: torch.Tensor, fraction_bits: int = FRACTION_BITS) -> torch.Tensor:
     """Real numbers as fixed-point ring elements; ValueError for NaN, infinities and values out of range."""
     scaled = torch.round(values.to(torch.float64) * float(2**fraction_bits))

@@ -97,3 +97,36 @@ def test_fresh_shares_of_the_same_secret_differ():
 
     # Two draws of 64 uniform words coincide with probability 2^-4096.
     assert not torch.equal(ring.share(secrets)[0], ring.share(secrets)[0])
+
+
+BELOW_LIMIT = ring.MAX_ABS_VALUE - 2.0**-16
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.tensor([0.0, BELOW_LIMIT, -BELOW_LIMIT, 1.5], dtype=torch.float64),
+        torch.tensor([[3, -7]]),
+        torch.zeros(0),
+        torch.tensor([BELOW_LIMIT], dtype=torch.float32).nextafter(torch.tensor(0.0)),
+    ],
+    ids=["floats up to the limit", "integers", "empty", "float32 below the limit"],
+)
+def test_check_range_accepts_what_encrypted_inference_can_take(values):
+    ring.check_range(values)
+
+
+@pytest.mark.parametrize(
+    "value", [ring.MAX_ABS_VALUE, -ring.MAX_ABS_VALUE, 2.0**40, -1e300, float("nan"), float("inf"), float("-inf")]
+)
+def test_check_range_refuses_what_would_wrap_with_a_message_naming_the_limit(value):
+    values = torch.tensor([[0.5, value]])
+
+    with pytest.raises(ring.OutOfRange, match=r"smaller than 2\^29 = 536870912 in magnitude \(ring.MAX_ABS_VALUE"):
+        ring.check_range(values)
+    assert issubclass(ring.OutOfRange, ValueError)
+
+
+def test_check_range_names_what_it_checks_and_the_largest_value():
+    with pytest.raises(ring.OutOfRange, match=r"^the image must be .* the largest here is 1\.07374e\+09$"):
+        ring.check_range(torch.tensor([2.0**30, 1.0]), "the image")
