@@ -103,8 +103,11 @@ def run_encrypted_inference(
 
     The workers come from `workers`, or from asking the node at `via` (`/search-encrypted-models`).
     A worker's error, or no answer within `timeout` seconds, raises EncryptedInferenceFailed naming the
-    worker: an output is returned only when both shares arrived for this session.
+    worker: an output is returned only when both shares arrived for this session. Inputs that are not finite
+    or not smaller than `ring.MAX_ABS_VALUE` in magnitude raise `ring.OutOfRange` (a ValueError) before
+    anything is sent.
     """
+    ring.check_range(inputs)
     if workers is None:
         workers = GridNodeClient(via, token=token, timeout=timeout).search_encrypted_models(model_id).workers
     if len(workers) != 2:
