@@ -107,6 +107,18 @@ def test_every_and_round_opens_its_operands_under_uniform_masks(mixed_session):
         assert_uniform_bits(mask, f"the mask of {name}")
 
 
+def test_no_two_and_operands_in_a_session_share_a_mask(mixed_session):
+    # A triple used twice (for the g and p words of one level, say) still computes both ANDs right, but
+    # the XOR of the two opened words is then the XOR of the two operands.
+    _, (x0, x1, runs) = mixed_session
+    masks = list(and_masks(x0, x1, runs).items())
+
+    for index, (name, mask) in enumerate(masks):
+        for other_name, other in masks[index + 1 :]:
+            # Independent uniform words coincide with probability 2^-64 each: 276 pairs of 2,048.
+            assert not bool((mask == other).any()), f"{name} and {other_name} share mask words"
+
+
 def test_no_worker_can_rebuild_the_input_from_its_share_and_the_first_and_round(mixed_session):
     values, (x0, x1, runs) = mixed_session
     # The first round's `d` hides party 0's share, `e` party 1's; each worker adds what it sees to its own.
