@@ -40,11 +40,17 @@ from django.conf import settings
 
 from gridnode.errors import BadGateway, Conflict, GatewayTimeout
 from smpc_app import nodeauth
+from smpc_app.identity import node_identity
 from smpc_protocol import wire
 
 logger = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/smpc/exchange"
+# A message body up to this size is read before the session's evaluation judges its label, and handed over
+# with it in one step (every round of the reference MLP is a few KB); a larger one only once it is accepted.
+INLINE_BODY_BYTES = 256 * 1024
+# Where the first round and its answer carry the workers' exchange keys (see smpc_app.nodeauth).
+SESSION_KEY_META = "session_key"
 # Party 0 waits this much longer for an answer than party 1's node waits for its side of a session, so
 # that party 1's own, more precise, error ("no evaluation of this session here") reaches it first. Near
 # the deadline, which both parties count from their own request's arrival, the margin gives way: once
@@ -182,18 +188,32 @@ class NodeCall:
         round_number: int,
         what: str,
         timeout: float,
+        session_key: bytes | None = None,
     ) -> bytes:
-        """POST a signed message and answer the reply's bytes once its signature is checked; else a 502/504."""
-        headers, signature = nodeauth.sign_request(
+        """POST a signed message and answer the reply's bytes once its signature is checked; else a 502/504.
+
+        Signed with this node's key, or with `session_key` for an exchange session's later rounds.
+        """
+        identity = node_identity()
+        header = nodeauth.request_label(
             purpose=purpose,
+            sender=identity.public_key,
             recipient=self.public_key,
             model_id=model_id,
             session_id=session_id,
             party=party,
             round_number=round_number,
             body=body,
-        )
-        headers["Content-Type"] = "application/octet-stream"
+        ).text()
+        if session_key is None:
+            signature = identity.sign(nodeauth.signed_text(header))
+        else:
+            signature = nodeauth.session_mac(session_key, header)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            nodeauth.MESSAGE_HEADER: header,
+            nodeauth.SIGNATURE_HEADER: signature,
+        }
         target = quote(self.prefix + path)
         for attempt in (0, 1):
             self._take(timeout)
@@ -220,14 +240,28 @@ class NodeCall:
             self.close()
             logger.warning("SMPC: %s refused %s (%s): %s", self.who, what, status, _error_text(reply))
             raise BadGateway(f"{self.who} refused {what} (HTTP {status}).")
-        if not nodeauth.reply_is_signed(
-            sender=self.public_key,
-            request_signature=signature,
-            status=status,
-            header=reply_headers.get(nodeauth.REPLY_HEADER, ""),
-            signature=reply_headers.get(nodeauth.REPLY_SIGNATURE_HEADER, ""),
-            body=reply,
-        ):
+        reply_header = reply_headers.get(nodeauth.REPLY_HEADER, "")
+        reply_signature = reply_headers.get(nodeauth.REPLY_SIGNATURE_HEADER, "")
+        if session_key is None:
+            signed = nodeauth.reply_is_signed(
+                sender=self.public_key,
+                request_signature=signature,
+                status=status,
+                header=reply_header,
+                signature=reply_signature,
+                body=reply,
+            )
+        else:
+            signed = nodeauth.session_reply_matches(
+                session_key,
+                sender=self.public_key,
+                request_signature=signature,
+                status=status,
+                header=reply_header,
+                signature=reply_signature,
+                body=reply,
+            )
+        if not signed:
             self.close(keep=False)
             raise BadGateway(f"{self.who} gave a bad answer to {what}: the reply is not signed by its key.")
         self.close()
@@ -280,7 +314,11 @@ def _wait_at_most(connection: http.client.HTTPConnection, seconds: float) -> Non
 
 
 class PeerChannel:
-    """Party 0's side: one signed POST per round to party 1's node, whose signed answer is party 1's message."""
+    """Party 0's side: one signed POST per round to party 1's node, whose signed answer is party 1's message.
+
+    The first round is signed with this node's key and carries a fresh exchange key; later rounds with
+    the session key both workers derive from it (`smpc_app.nodeauth`).
+    """
 
     def __init__(
         self, *, peer_url: str, peer_key: str, model_id: str, session_id: str, traffic: Traffic, deadline: Deadline
@@ -289,10 +327,14 @@ class PeerChannel:
         self.call = NodeCall(url=peer_url, public_key=peer_key, who=f"The peer worker at {peer_url}", deadline=deadline)
         self.model_id, self.session_id, self.traffic = model_id, session_id, traffic
         self.round = 0
+        self._exchange_key, self._exchange_public = nodeauth.new_exchange_key()
+        self._session_key: bytes | None = None
 
     def exchange(self, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Send this round's message, answer the peer's."""
         meta = {"session": self.session_id, "model_id": self.model_id, "round": self.round}
+        if self.round == 0:
+            meta[SESSION_KEY_META] = self._exchange_public
         body = wire.pack(payload, meta)
         what = f"round {self.round} of session {self.session_id}"
         reply = self.call.post(
@@ -305,6 +347,7 @@ class PeerChannel:
             round_number=self.round,
             what=what,
             timeout=self.timeout,
+            session_key=self._session_key,
         )
         self.traffic.sent += len(body)
         self.traffic.received += len(reply)
@@ -314,6 +357,17 @@ class PeerChannel:
             raise BadGateway(f"{self.call.who} gave a bad answer to {what}: not an SMPC message.") from None
         if reply_meta.get("session") != self.session_id or reply_meta.get("round") != self.round:
             raise BadGateway(f"{self.call.who} gave a bad answer to {what}: another session or round.")
+        if self.round == 0:
+            self._session_key = nodeauth.session_key(
+                self._exchange_key,
+                reply_meta.get(SESSION_KEY_META),
+                sender=node_identity().public_key,
+                recipient=self.call.public_key,
+                model_id=self.model_id,
+                session_id=self.session_id,
+            )
+            if self._session_key is None:
+                raise BadGateway(f"{self.call.who} gave a bad answer to {what}: no session key.")
         self.round += 1
         return tensors
 
@@ -363,10 +417,10 @@ _ACCEPTED = b"ok"
 class SessionMailbox:
     """Party 1's side: takes party 0's message of each round, once, and hands back its own, via `deliver`.
 
-    A message reaches it in two steps: first its signed label (sender, model, round), which it accepts
-    only from the session's peer for the round it waits for; only then is the body read from the network
-    and passed on. A replayed or stray message is refused without reading its body and without ending
-    the session; the session's own peer sending out of order ends it.
+    A message reaches it with its label (sender, model, round, signature) first: accepted only from the
+    session's peer, for the round it waits for, and after the first round only under the session key.
+    A large body is read from the network only once its label is accepted. A replayed or stray message is
+    refused without ending the session; the peer's own message breaking the order it signed ends it.
     """
 
     def __init__(
@@ -376,6 +430,7 @@ class SessionMailbox:
         self.deadline = deadline if deadline is not None else Deadline()
         self.session_id, self.model_id, self.peer_key, self.traffic = session_id, model_id, peer_key, traffic
         self.round = 0
+        self._session_key: bytes | None = None
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.socket.bind(_address(session_id))
@@ -384,15 +439,51 @@ class SessionMailbox:
             raise Conflict(f"Session {session_id} is already running on this node: use a fresh session id.") from None
         self.socket.listen(8)
 
-    def _refusal(self, label: dict) -> str | None:
+    def _refusal(self, envelope: dict) -> str | None:
         """Why a message's label is not this session's next one from its peer (None when it is)."""
-        if label.get("sender") != self.peer_key or label.get("party") != 0:
+        header, signature = envelope.get("header"), envelope.get("signature")
+        label = nodeauth.parse_label(header) if isinstance(header, str) else None
+        if label is None or not isinstance(signature, str):
+            return "a malformed label"
+        if label.sender != self.peer_key or label.party != 0:
             return "the message is signed by a node that is not this session's party 0"
-        if label.get("model") != self.model_id:
-            return "the message is for another model than this session's"
-        if label.get("round") != self.round:
-            return f"this session waits for round {self.round}, not round {label.get('round')}"
+        if label.model_id != self.model_id or label.session_id != self.session_id:
+            return "the message is for another model or session than this one"
+        if label.round != self.round:
+            return f"this session waits for round {self.round}, not round {label.round}"
+        if self.round > 0 and not (
+            self._session_key is not None and nodeauth.session_mac_matches(self._session_key, header, signature)
+        ):
+            return "the message is not signed with this session's key"
         return None
+
+    def _reply(self, payload: dict[str, torch.Tensor], meta: dict, request_signature: str) -> tuple[bytes, bytes]:
+        """This round's answer and its signature headers (empty for the first round: `deliver` signs it)."""
+        reply_meta = {"session": self.session_id, "round": self.round}
+        headers = {}
+        if self.round == 0:
+            exchange_key, exchange_public = nodeauth.new_exchange_key()
+            self._session_key = nodeauth.session_key(
+                exchange_key,
+                meta.get(SESSION_KEY_META),
+                sender=self.peer_key,
+                recipient=node_identity().public_key,
+                model_id=self.model_id,
+                session_id=self.session_id,
+            )
+            if self._session_key is None:
+                raise BadGateway(f"The peer worker's first message of session {self.session_id} had no session key.")
+            reply_meta[SESSION_KEY_META] = exchange_public
+        reply = wire.pack(payload, reply_meta)
+        if self.round > 0:
+            headers = nodeauth.session_reply_headers(
+                self._session_key,
+                sender=node_identity().public_key,
+                request_signature=request_signature,
+                status=200,
+                body=reply,
+            )
+        return reply, json.dumps(headers).encode()
 
     def exchange(self, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Take party 0's message for this round, answer with ours."""
@@ -413,23 +504,30 @@ class SessionMailbox:
                     continue  # someone else on this host; the peer's message comes through our own processes
                 connection.settimeout(self.deadline.cap(self.timeout))
                 try:
-                    label = json.loads(_receive_frame(connection, 4096))
-                    refusal = self._refusal(label) if isinstance(label, dict) else "a malformed label"
-                    _send_frame(connection, _ACCEPTED if refusal is None else refusal.encode())
+                    envelope = json.loads(_receive_frame(connection, 4096))
+                    if not isinstance(envelope, dict):
+                        envelope = {}
+                    inline = envelope.get("inline") is True
+                    message = _receive_frame(connection, INLINE_BODY_BYTES) if inline else None
+                    refusal = self._refusal(envelope)
                     if refusal is not None:
+                        _send_frame(connection, refusal.encode())
                         continue  # a replay or a stranger: refused, and the session goes on
-                    message = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
+                    if not inline:
+                        _send_frame(connection, _ACCEPTED)
+                        message = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
                     tensors, meta = wire.unpack(message)
                 except (OSError, ValueError) as error:
                     if isinstance(error, TimeoutError) and self.deadline.passed():
                         raise self.deadline.exceeded() from None
                     raise BadGateway(f"The peer worker's message for {what} was broken.") from None
                 if meta.get("session") != self.session_id or meta.get("round") != self.round:
-                    _send_frame(connection, wire.pack({}, {"error": f"this node expected {what}"}))
+                    answer = [wire.pack({}, {"error": f"this node expected {what}"}), b"{}"]
+                    _send_frames(connection, [_ACCEPTED, *answer] if inline else answer)
                     raise BadGateway(f"The peer worker sent a message out of order instead of {what}.")
-                reply = wire.pack(payload, {"session": self.session_id, "round": self.round})
+                reply, reply_headers = self._reply(payload, meta, envelope["signature"])
                 try:
-                    _send_frame(connection, reply)
+                    _send_frames(connection, [_ACCEPTED, reply, reply_headers] if inline else [reply, reply_headers])
                 except OSError:
                     raise BadGateway(f"The peer worker's request for {what} went away.") from None
             self.traffic.received += len(message)
@@ -440,6 +538,10 @@ class SessionMailbox:
     def close(self) -> None:
         """Stop listening: later messages for this session find nobody."""
         self.socket.close()
+
+
+def _send_frames(connection: socket.socket, frames: list[bytes]) -> None:
+    connection.sendall(b"".join(_FRAME_LENGTH.pack(len(frame)) + frame for frame in frames))
 
 
 def _connect(session_id: str, *, wait: bool, timeout: float) -> socket.socket:
@@ -462,34 +564,41 @@ def _connect(session_id: str, *, wait: bool, timeout: float) -> socket.socket:
             time.sleep(_CONNECT_RETRY_SECONDS)
 
 
-def deliver(*, label: nodeauth.MessageLabel, read_body: Callable[[], bytes]) -> bytes:
-    """Hand party 0's signed message to this node's evaluation of its session; answer party 1's reply.
+def deliver(
+    *, label: nodeauth.MessageLabel, header: str, signature: str, read_body: Callable[[], bytes]
+) -> tuple[bytes, dict[str, str]]:
+    """Hand party 0's signed message to this node's evaluation of its session: (party 1's reply, its
+    signature headers, or {} for a first round, whose reply the caller signs with this node's key).
 
-    The evaluation accepts the label first; the body is read from the network only after that. A first
-    round may arrive before the client's request to this node, so only round 0 waits for the evaluation
-    to start (and round 0 is accepted once per session, see `runtime.exchange_claim`).
+    The evaluation judges the label (see `SessionMailbox`); a body larger than INLINE_BODY_BYTES is read
+    from the network only after that. A first round may arrive before the client's request to this node,
+    so only round 0 waits for the evaluation to start (and round 0 is accepted once per session, see
+    `runtime.exchange_authorize`).
     """
     timeout = settings.GRIDNODE_SMPC_TIMEOUT
     session_id = label.session_id
+    inline = label.length <= INLINE_BODY_BYTES
+    body = read_body() if inline else b""
     started = time.monotonic()
     connection = _connect(session_id, wait=label.round == 0, timeout=timeout)
     with connection:
         connection.settimeout(max(0.1, started + timeout - time.monotonic()))
         try:
-            header = {"sender": label.sender, "party": label.party, "model": label.model_id, "round": label.round}
-            _send_frame(connection, json.dumps(header).encode())
+            envelope = json.dumps({"header": header, "signature": signature, "inline": inline}).encode()
+            _send_frames(connection, [envelope, body] if inline else [envelope])
             verdict = _receive_frame(connection, 4096)
             if verdict != _ACCEPTED:
                 raise Conflict(f"This node refused the message: {verdict.decode('utf-8', 'replace')}.")
-            body = read_body()
-            _send_frame(connection, body)
+            if not inline:
+                _send_frame(connection, read_body())
             reply = _receive_frame(connection, settings.GRIDNODE_MAX_BODY_BYTES)
+            reply_headers = json.loads(_receive_frame(connection, 4096))
         except TimeoutError:
             raise GatewayTimeout(f"This node's evaluation of session {session_id} did not answer in time.") from None
-        except OSError:
+        except (OSError, ValueError):
             raise BadGateway(f"This node's evaluation of session {session_id} stopped.") from None
     with contextlib.suppress(wire.WireError):
         meta = wire.unpack_meta(reply)  # party 0 reads the tensors
         if isinstance(meta.get("error"), str):
             raise Conflict(f"This node refused the message: {meta['error']}.")
-    return reply
+    return reply, reply_headers

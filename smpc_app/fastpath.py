@@ -72,9 +72,15 @@ class SessionExchangeFastPath:
                     runtime.exchange_authorize(label)
                 finally:
                     close_old_connections()
-            content = channels.deliver(label=label, read_body=lambda: _read_signed_body(environ, label))
+            content, reply_headers = channels.deliver(
+                label=label,
+                header=environ.get(_MESSAGE, ""),
+                signature=signature,
+                read_body=lambda: _read_signed_body(environ, label),
+            )
             status, content_type = 200, "application/octet-stream"
-            headers = list(nodeauth.sign_reply(request_signature=signature, status=200, body=content).items())
+            reply_headers = reply_headers or nodeauth.sign_reply(request_signature=signature, status=200, body=content)
+            headers = list(reply_headers.items())
         except GridError as error:
             answer = error.response()
             status, content, content_type = answer.status_code, answer.content, answer["Content-Type"]

@@ -11,11 +11,22 @@ role of that model) and whether the message was seen before are the endpoints' c
 
 Replies are signed by the recipient over the request's signature, the status and the reply's digest,
 and the caller checks them against the key it expects, so an answer is bound to the one request.
+
+Within one exchange session, Ed25519 signs only the first round: party 0's first message carries a fresh
+X25519 public key, party 1's signed answer carries its own, and both derive a key for that session alone.
+Later rounds and their answers carry an HMAC-SHA256 under it (`hmac-...` in the signature headers), a
+few microseconds instead of an Ed25519 verification each way; nobody else can derive the key (not even
+with a node's leaked long-term key, the exchange keys are thrown away), and it names its session.
 """
 
+import base64
 import hashlib
+import hmac
 import time
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gridnode.errors import BadRequest, GridError, PayloadTooLarge
 from gridnode.http import OBJECT_ID_RE
@@ -34,6 +45,8 @@ MAX_ROUND = 100_000
 _VERSION = "v1"
 _REQUEST_PURPOSE = b"gridnode smpc request v1\n"
 _REPLY_PURPOSE = b"gridnode smpc reply v1\n"
+_SESSION_PURPOSE = b"gridnode smpc session key v1\n"
+MAC_PREFIX = "hmac-"
 _FIELDS = 11
 
 
@@ -77,6 +90,33 @@ class MessageLabel:
         )
 
 
+def request_label(
+    *,
+    purpose: str,
+    sender: str,
+    recipient: str,
+    model_id: str,
+    session_id: str,
+    party: int,
+    round_number: int,
+    body: bytes,
+    timestamp: int | None = None,
+) -> MessageLabel:
+    """The label of a request about to be sent (now, unless `timestamp` says otherwise)."""
+    return MessageLabel(
+        purpose=purpose,
+        sender=sender,
+        recipient=recipient,
+        model_id=model_id,
+        session_id=session_id,
+        party=party,
+        round=round_number,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+        length=len(body),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )
+
+
 def sign_request(
     *,
     purpose: str,
@@ -94,21 +134,24 @@ def sign_request(
     Signed by this node unless another `identity` is given (tests play other nodes with it).
     """
     identity = identity or node_identity()
-    label = MessageLabel(
+    text = request_label(
         purpose=purpose,
         sender=identity.public_key,
         recipient=recipient,
         model_id=model_id,
         session_id=session_id,
         party=party,
-        round=round_number,
-        timestamp=int(time.time()) if timestamp is None else timestamp,
-        length=len(body),
-        body_sha256=hashlib.sha256(body).hexdigest(),
-    )
-    text = label.text()
-    signature = identity.sign(_REQUEST_PURPOSE + text.encode())
+        round_number=round_number,
+        body=body,
+        timestamp=timestamp,
+    ).text()
+    signature = identity.sign(signed_text(text))
     return {MESSAGE_HEADER: text, SIGNATURE_HEADER: signature}, signature
+
+
+def signed_text(header: str) -> bytes:
+    """What a request's signature covers: its message header, under this protocol's purpose string."""
+    return _REQUEST_PURPOSE + header.encode()
 
 
 def _number(text: str, limit: int) -> int | None:
@@ -118,7 +161,7 @@ def _number(text: str, limit: int) -> int | None:
     return value if value <= limit else None
 
 
-def _parse(text: str) -> MessageLabel | None:
+def parse_label(text: str) -> MessageLabel | None:
     """The label a header names, or None when it is not one."""
     fields = text.split(" ")
     if len(fields) != _FIELDS or fields[0] != _VERSION:
@@ -150,14 +193,18 @@ def check_request(*, purpose: str, header: str, signature: str, content_length: 
     """
     if not header or not signature:
         raise NodeAuthenticationFailed("This endpoint is for the nodes of an encrypted model: the request is unsigned.")
-    label = _parse(header) if isinstance(header, str) and len(header) < 512 else None
+    label = parse_label(header) if isinstance(header, str) and len(header) < 512 else None
     if label is None or label.purpose != purpose:
         raise NodeAuthenticationFailed(f"The request's {MESSAGE_HEADER} header is not a node's {purpose} message.")
     if label.recipient != node_identity().public_key:
         raise NodeAuthenticationFailed("The request is signed for another node.")
     if abs(time.time() - label.timestamp) > MAX_CLOCK_SKEW:
         raise NodeAuthenticationFailed("The request's signature is too old (or its sender's clock is off).")
-    if not verify_signature(label.sender, signature, _REQUEST_PURPOSE + header.encode()):
+    if signature.startswith(MAC_PREFIX):
+        # Checked by the session's evaluation, the only holder of the session key (smpc_app.channels).
+        if label.purpose != EXCHANGE or label.round == 0:
+            raise NodeAuthenticationFailed("Only a session's later rounds are signed with its session key.")
+    elif not verify_signature(label.sender, signature, signed_text(header)):
         raise NodeAuthenticationFailed("The request's node signature does not match.")
     if content_length != label.length:
         raise BadRequest("The request's Content-Length is not the length its sender signed.")
@@ -194,3 +241,53 @@ def reply_is_signed(*, sender: str, request_signature: str, status: int, header:
     if named != sender or digest != hashlib.sha256(body).hexdigest():
         return False
     return verify_signature(sender, signature, _reply_message(request_signature, status, sender, digest))
+
+
+def new_exchange_key() -> tuple[X25519PrivateKey, str]:
+    """A fresh X25519 key pair for one session: (private key, public key as URL-safe base64)."""
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, base64.urlsafe_b64encode(public).decode("ascii")
+
+
+def session_key(
+    private: X25519PrivateKey, peer_public, *, sender: str, recipient: str, model_id: str, session_id: str
+) -> bytes | None:
+    """The key of one exchange session, from our exchange key and the peer's (None when that is no key).
+
+    Bound to the session, the model and both nodes' long-term keys (party 0 is the `sender`).
+    """
+    try:
+        raw = base64.urlsafe_b64decode(peer_public) if isinstance(peer_public, str) and len(peer_public) == 44 else b""
+        shared = private.exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return None
+    context = f"{sender} {recipient} {model_id} {session_id}".encode()
+    return hmac.new(_SESSION_PURPOSE + context, shared, hashlib.sha256).digest()
+
+
+def session_mac(key: bytes, header: str) -> str:
+    """A later round's signature: the session key's HMAC over its message header."""
+    return MAC_PREFIX + hmac.new(key, signed_text(header), hashlib.sha256).hexdigest()
+
+
+def session_mac_matches(key: bytes, header: str, signature: str) -> bool:
+    """Whether `signature` is the session key's over `header`."""
+    return hmac.compare_digest(session_mac(key, header).encode(), signature.encode("utf-8", "replace"))
+
+
+def session_reply_headers(key: bytes, *, sender: str, request_signature: str, status: int, body: bytes):
+    """The reply headers of a later round: its digest and the session key's HMAC binding it to the request."""
+    digest = hashlib.sha256(body).hexdigest()
+    mac = hmac.new(key, _reply_message(request_signature, status, sender, digest), hashlib.sha256).hexdigest()
+    return {REPLY_HEADER: f"{sender} {digest}", REPLY_SIGNATURE_HEADER: MAC_PREFIX + mac}
+
+
+def session_reply_matches(
+    key: bytes, *, sender: str, request_signature: str, status: int, header: str, signature: str, body: bytes
+):
+    """Whether a later round's reply carries the session key's HMAC for this request, status and body."""
+    expected = session_reply_headers(key, sender=sender, request_signature=request_signature, status=status, body=body)
+    return hmac.compare_digest(expected[REPLY_HEADER].encode(), (header or "").encode("utf-8", "replace")) and (
+        hmac.compare_digest(expected[REPLY_SIGNATURE_HEADER].encode(), (signature or "").encode("utf-8", "replace"))
+    )

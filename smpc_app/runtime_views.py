@@ -139,5 +139,15 @@ class EncryptedInferenceViewSet(viewsets.ViewSet):
         """
         label = _signed_label(request, nodeauth.EXCHANGE, settings.GRIDNODE_MAX_BODY_BYTES)
         runtime.exchange_authorize(label)
-        reply = channels.deliver(label=label, read_body=lambda: _signed_body(request, label))
-        return _signed_response(request, reply)
+        reply, reply_headers = channels.deliver(
+            label=label,
+            header=request.headers.get(nodeauth.MESSAGE_HEADER, ""),
+            signature=request.headers.get(nodeauth.SIGNATURE_HEADER, ""),
+            read_body=lambda: _signed_body(request, label),
+        )
+        if not reply_headers:
+            return _signed_response(request, reply)
+        response = _message_response(reply)
+        for name, value in reply_headers.items():
+            response[name] = value
+        return response

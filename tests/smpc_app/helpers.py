@@ -124,3 +124,64 @@ def call_with_large_body(app, path: str, *, length: int, headers: dict[str, str]
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
     return answer["status"], json.loads(content), body.bytes_read
+
+
+class PartyZero:
+    """A peer node playing party 0 of one exchange session with the node under test: round 0 signed with
+    its key and carrying a fresh exchange key, later rounds signed with the session key both derive."""
+
+    def __init__(self, peer: PeerNode, *, model_id: str, session_id: str) -> None:
+        from smpc_app.nodeauth import new_exchange_key
+
+        self.peer, self.model_id, self.session_id = peer, model_id, session_id
+        self.exchange_key, self.exchange_public = new_exchange_key()
+        self.key: bytes | None = None
+
+    def message(self, round_number: int, tensors=None, **meta) -> bytes:
+        """A round's packed message (with the exchange key in round 0)."""
+        import torch
+
+        from smpc_app.channels import SESSION_KEY_META
+        from smpc_protocol import wire
+
+        fields = {"session": self.session_id, "model_id": self.model_id, "round": round_number, **meta}
+        if round_number == 0:
+            fields.setdefault(SESSION_KEY_META, self.exchange_public)
+        return wire.pack({"x": torch.arange(4)} if tensors is None else tensors, fields)
+
+    def headers(self, body: bytes, round_number: int) -> dict[str, str]:
+        """The round's signed headers: the node's key for round 0, the session key after."""
+        from smpc_app.identity import node_identity
+        from smpc_app.nodeauth import MESSAGE_HEADER, SIGNATURE_HEADER, request_label, session_mac
+
+        if round_number == 0 or self.key is None:
+            return self.peer.headers(
+                body, purpose="exchange", model_id=self.model_id, session_id=self.session_id, round_number=round_number
+            )
+        header = request_label(
+            purpose="exchange",
+            sender=self.peer.public_key,
+            recipient=node_identity().public_key,
+            model_id=self.model_id,
+            session_id=self.session_id,
+            party=0,
+            round_number=round_number,
+            body=body,
+        ).text()
+        return {MESSAGE_HEADER: header, SIGNATURE_HEADER: session_mac(self.key, header)}
+
+    def learn(self, first_reply: bytes) -> None:
+        """Derive the session key from party 1's answer to round 0."""
+        from smpc_app.channels import SESSION_KEY_META
+        from smpc_app.identity import node_identity
+        from smpc_app.nodeauth import session_key
+        from smpc_protocol import wire
+
+        self.key = session_key(
+            self.exchange_key,
+            wire.unpack_meta(first_reply).get(SESSION_KEY_META),
+            sender=self.peer.public_key,
+            recipient=node_identity().public_key,
+            model_id=self.model_id,
+            session_id=self.session_id,
+        )

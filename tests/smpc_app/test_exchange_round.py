@@ -14,9 +14,15 @@ from gridnode.wsgi import application
 from smpc_app.channels import SessionMailbox, Traffic
 from smpc_app.identity import node_identity
 from smpc_app.models import ExchangeSession
-from smpc_app.nodeauth import REPLY_HEADER, REPLY_SIGNATURE_HEADER, SIGNATURE_HEADER, reply_is_signed
+from smpc_app.nodeauth import (
+    REPLY_HEADER,
+    REPLY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    reply_is_signed,
+    session_reply_matches,
+)
 from smpc_protocol import wire
-from tests.smpc_app.helpers import call_with_large_body
+from tests.smpc_app.helpers import PartyZero, call_with_large_body
 from tests.wsgi import call_wsgi
 
 pytestmark = pytest.mark.django_db
@@ -38,15 +44,24 @@ def alice(peers):
     return peers["alice"]
 
 
-def round_message(session: str, round_number: int = 0) -> bytes:
-    return wire.pack({"x": torch.arange(4)}, {"session": session, "model_id": MODEL, "round": round_number})
+def party_zero(peer, session: str | None = None) -> PartyZero:
+    return PartyZero(peer, model_id=MODEL, session_id=session or secrets.token_hex(16))
 
 
-def send(body: bytes, *, by=None, session: str, round_number: int = 0, path: str = PATH, headers=None):
-    """POST a message through the node's WSGI stack (the fast path), signed by `by` unless headers are given."""
-    if headers is None:
-        headers = by.headers(body, purpose="exchange", model_id=MODEL, session_id=session, round_number=round_number)
+def post(body: bytes, headers: dict, path: str = PATH):
+    """POST a message through the node's WSGI stack (the fast path)."""
     return call_wsgi(application, "POST", path, body, content_type="application/octet-stream", headers=headers)
+
+
+def send(sender: PartyZero, round_number: int = 0, *, path: str = PATH, **meta):
+    """Party 0's message for a round, signed as that round is, through the fast path; round 0's answer
+    gives the sender its session key. Answers (status, headers, body, request headers)."""
+    body = sender.message(round_number, **meta)
+    headers = sender.headers(body, round_number)
+    status, answer_headers, content = post(body, headers, path)
+    if round_number == 0 and status == 200:
+        sender.learn(content)
+    return status, answer_headers, content, headers
 
 
 class Evaluation(threading.Thread):
@@ -69,21 +84,23 @@ class Evaluation(threading.Thread):
 
 @pytest.mark.parametrize("path", [PATH, PATH + "/"])
 def test_it_hands_the_message_to_the_session_and_answers_its_reply_signed(alice, path):
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([7, 8])}])
+    sender = party_zero(alice)
+    evaluation = Evaluation(
+        sender.session_id, alice.public_key, [{"y": torch.tensor([7, 8])}, {"y": torch.tensor([9])}]
+    )
     evaluation.start()
-    body = round_message(session)
-    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
 
-    status, answer_headers, content = send(body, session=session, path=path, headers=headers)
+    status, answer_headers, content, headers = send(sender, path=path)
+    second = send(sender, 1, path=path)
     evaluation.join(timeout=5)
 
     assert status == 200
     assert answer_headers["content-type"] == "application/octet-stream"
     tensors, meta = wire.unpack(content)
     assert torch.equal(tensors["y"], torch.tensor([7, 8]))
-    assert meta == {"session": session, "round": 0}
+    assert (meta["session"], meta["round"]) == (sender.session_id, 0)
     assert torch.equal(evaluation.received[0]["x"], torch.arange(4))
+    # Round 0's answer is signed with the node's key, later ones with the session key.
     assert reply_is_signed(
         sender=node_identity().public_key,
         request_signature=headers[SIGNATURE_HEADER],
@@ -92,75 +109,122 @@ def test_it_hands_the_message_to_the_session_and_answers_its_reply_signed(alice,
         signature=answer_headers[REPLY_SIGNATURE_HEADER.lower()],
         body=content,
     )
-    assert ExchangeSession.objects.filter(session_id=session, peer_key=alice.public_key).exists()
+    assert second[0] == 200
+    assert session_reply_matches(
+        sender.key,
+        sender=node_identity().public_key,
+        request_signature=second[3][SIGNATURE_HEADER],
+        status=200,
+        header=second[1][REPLY_HEADER.lower()],
+        signature=second[1][REPLY_SIGNATURE_HEADER.lower()],
+        body=second[2],
+    )
+    assert ExchangeSession.objects.filter(session_id=sender.session_id, peer_key=alice.public_key).exists()
 
 
 def test_django_answers_the_same_way_when_the_fast_path_steps_aside(api, alice):
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}])
     evaluation.start()
-    body = round_message(session)
-    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
+    body = sender.message(0)
 
-    response = api.post(f"{PATH}?format=smpc", body, content_type="application/octet-stream", headers=headers)
+    response = api.post(
+        f"{PATH}?format=smpc", body, content_type="application/octet-stream", headers=sender.headers(body, 0)
+    )
     evaluation.join(timeout=5)
 
     assert response.status_code == 200, response.content
-    assert wire.unpack(response.content)[1] == {"session": session, "round": 0}
+    assert wire.unpack(response.content)[1]["round"] == 0
     assert response[REPLY_HEADER]
 
 
 def test_a_replayed_first_message_is_refused_at_once_once_its_session_is_over(alice):
     """The attack: one captured /smpc/exchange replayed held a thread for the whole timeout (504) each time."""
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}])
     evaluation.start()
-    body = round_message(session)
-    headers = alice.headers(body, purpose="exchange", model_id=MODEL, session_id=session)
-    assert send(body, session=session, headers=headers)[0] == 200
+    body = sender.message(0)
+    headers = sender.headers(body, 0)
+    assert post(body, headers)[0] == 200
     evaluation.join(timeout=5)
 
-    replays = [send(body, session=session, headers=headers) for _ in range(3)]
+    replays = [post(body, headers) for _ in range(3)]
 
     assert [status for status, _, _ in replays] == [409, 409, 409]
     assert "accepted once" in json.loads(replays[0][2])["error"]
-    assert ExchangeSession.objects.filter(session_id=session).count() == 1
+    assert ExchangeSession.objects.filter(session_id=sender.session_id).count() == 1
 
 
 def test_a_replayed_later_round_is_refused_at_once_and_never_waits_for_a_session(alice):
-    session = secrets.token_hex(16)
-    status, _, content = send(round_message(session, 1), by=alice, session=session, round_number=1)
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}, {"y": torch.tensor([2])}])
+    evaluation.start()
+    assert send(sender)[0] == 200
+    body = sender.message(1)
+    headers = sender.headers(body, 1)
+    assert post(body, headers)[0] == 200
+    evaluation.join(timeout=5)
+
+    status, _, content = post(body, headers)
 
     assert status == 409
     assert "No evaluation of session" in json.loads(content)["error"]
 
 
 def test_a_replay_during_the_session_is_refused_and_the_session_goes_on(alice):
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}, {"y": torch.tensor([2])}])
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}, {"y": torch.tensor([2])}])
     evaluation.start()
-    first = round_message(session, 0)
-    first_headers = alice.headers(first, purpose="exchange", model_id=MODEL, session_id=session)
-    assert send(first, session=session, headers=first_headers)[0] == 200
+    first = sender.message(0)
+    first_headers = sender.headers(first, 0)
+    answer = post(first, first_headers)
+    sender.learn(answer[2])
 
-    replayed = send(first, session=session, headers=first_headers)
-    second = send(round_message(session, 1), by=alice, session=session, round_number=1)
+    replayed = post(first, first_headers)
+    second = send(sender, 1)
     evaluation.join(timeout=5)
 
+    assert answer[0] == 200
     assert replayed[0] == 409
     assert second[0] == 200
-    assert wire.unpack(second[2])[1] == {"session": session, "round": 1}
+    assert wire.unpack(second[2])[1] == {"session": sender.session_id, "round": 1}
     assert evaluation.error is None
     assert len(evaluation.received) == 2
 
 
-def test_a_stray_round_from_the_peer_is_refused_without_ending_the_session(alice):
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+def test_a_later_round_not_signed_with_the_session_key_is_refused_and_the_session_goes_on(alice):
+    """Not even the peer's own key signs a later round: only the key of this session does."""
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}, {"y": torch.tensor([2])}])
     evaluation.start()
+    assert send(sender)[0] == 200
+    body = sender.message(1)
+    signed_by_node_key = alice.headers(
+        body, purpose="exchange", model_id=MODEL, session_id=sender.session_id, round_number=1
+    )
+    other = party_zero(alice, sender.session_id)
+    other.key = bytes(32)  # a session key that is not this session's
+
+    refused = [post(body, signed_by_node_key), post(body, other.headers(body, 1))]
+    accepted = send(sender, 1)
+    evaluation.join(timeout=5)
+
+    assert [status for status, _, _ in refused] == [409, 409]
+    assert "not signed with this session's key" in json.loads(refused[0][2])["error"]
+    assert accepted[0] == 200
+    assert evaluation.error is None
+
+
+def test_a_stray_round_from_the_peer_is_refused_without_ending_the_session(alice):
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}])
+    evaluation.start()
+    body = sender.message(3)
     # Round 0 must come first: a round-3 message finds the session waiting for round 0.
-    early = send(round_message(session, 3), by=alice, session=session, round_number=3)
-    on_time = send(round_message(session, 0), by=alice, session=session)
+    early = post(
+        body, alice.headers(body, purpose="exchange", model_id=MODEL, session_id=sender.session_id, round_number=3)
+    )
+    on_time = send(sender)
     evaluation.join(timeout=5)
 
     assert early[0] == 409
@@ -170,12 +234,13 @@ def test_a_stray_round_from_the_peer_is_refused_without_ending_the_session(alice
 
 
 def test_a_body_that_breaks_the_order_its_label_promised_stops_the_session_on_both_sides(alice):
-    session = secrets.token_hex(16)
-    evaluation = Evaluation(session, alice.public_key, [{"y": torch.tensor([1])}])
+    sender = party_zero(alice)
+    evaluation = Evaluation(sender.session_id, alice.public_key, [{"y": torch.tensor([1])}])
     evaluation.start()
 
     # Signed as round 0, but the message inside says round 3: party 0 is broken, the session ends.
-    status, _, content = send(round_message(session, 3), by=alice, session=session)
+    body = sender.message(0, round=3)
+    status, _, content = post(body, sender.headers(body, 0))
     evaluation.join(timeout=5)
 
     assert status == 409
@@ -187,21 +252,21 @@ def test_only_party_0_of_the_model_here_may_start_a_session(peers):
     peers["carol"].trusted()  # trusted, but not party 0 of MODEL
     session = secrets.token_hex(16)
 
-    trusted_bystander = send(round_message(session), by=peers["carol"], session=session)
-    stranger = send(round_message(session), by=peers["crypto"], session=session)
+    trusted_bystander = send(party_zero(peers["carol"], session))
+    stranger = send(party_zero(peers["crypto"], session))
 
     assert (trusted_bystander[0], stranger[0]) == (403, 403)
     assert not ExchangeSession.objects.exists()
 
 
 def test_a_message_for_another_node_is_refused(alice, peers):
-    session = secrets.token_hex(16)
-    body = round_message(session)
+    sender = party_zero(alice)
+    body = sender.message(0)
     headers = alice.headers(
-        body, purpose="exchange", model_id=MODEL, session_id=session, recipient=peers["bob"].public_key
+        body, purpose="exchange", model_id=MODEL, session_id=sender.session_id, recipient=peers["bob"].public_key
     )
 
-    status, _, content = send(body, session=session, headers=headers)
+    status, _, content = post(body, headers)
 
     assert status == 401
     assert "signed for another node" in json.loads(content)["error"]
@@ -209,9 +274,7 @@ def test_a_message_for_another_node_is_refused(alice, peers):
 
 
 def test_a_session_that_is_not_running_here_is_a_504_after_the_timeout(alice):
-    session = secrets.token_hex(16)
-
-    status, _, content = send(round_message(session), by=alice, session=session)
+    status, _, content, _ = send(party_zero(alice))
 
     assert status == 504
     assert "No evaluation of session" in json.loads(content)["error"]
@@ -232,16 +295,17 @@ def test_a_session_id_runs_once_at_a_time_on_a_node(alice):
     mailbox().close()  # free again once closed
 
 
-def test_unsigned_or_malformed_exchanges_are_refused_before_any_session_is_touched(api, alice):
-    session = secrets.token_hex(16)
+def test_unsigned_exchanges_are_refused_before_any_session_is_touched(api, alice):
+    body = party_zero(alice).message(0)
 
-    unsigned = send(round_message(session), session=session, headers={})
-    through_django = api.post(f"{PATH}?format=smpc", round_message(session), content_type="application/octet-stream")
+    unsigned = post(body, {})
+    through_django = api.post(f"{PATH}?format=smpc", body, content_type="application/octet-stream")
 
     assert unsigned[0] == 401
     assert "unsigned" in json.loads(unsigned[2])["error"]
     assert through_django.status_code == 401
     assert through_django.json() == json.loads(unsigned[2])
+    assert not ExchangeSession.objects.exists()
 
 
 def test_a_large_body_is_refused_before_a_byte_of_it_is_read(alice):
@@ -265,7 +329,7 @@ def test_a_large_body_is_refused_before_a_byte_of_it_is_read(alice):
 
 def test_the_node_answers_4xx_never_503_whoever_asks(alice):
     """Before: a node without GRIDNODE_SMPC_SECRET answered 503, raising its 5xx rate at a stranger's will."""
-    status, _, content = send(round_message(secrets.token_hex(16)), session="a" * 32, headers={})
+    status, _, content = post(party_zero(alice).message(0), {})
 
     assert status == 401
     assert "error" in json.loads(content)

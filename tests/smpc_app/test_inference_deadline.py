@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from smpc_app import channels, nodeauth
+from smpc_app.identity import node_identity
 from smpc_protocol import engine, randomness, wire
-from tests.smpc_app.helpers import PeerNode
+from tests.smpc_app.helpers import PartyZero, PeerNode
 
 pytestmark = pytest.mark.django_db
 
@@ -66,14 +67,27 @@ class FakeNodeHandler(http.server.BaseHTTPRequestHandler):
             time.sleep(self.server.peer_delay)
             # The echo has party 1's names, shapes and agreement digest: party 0 takes it for its peer's.
             tensors, meta = wire.unpack(body)
-            reply = wire.pack(tensors, {"session": meta["session"], "round": meta["round"]})
+            reply_meta = {"session": meta["session"], "round": meta["round"]}
+            if meta["round"] == 0:
+                reply_meta[channels.SESSION_KEY_META] = self.server.start_session(meta)
+            reply = wire.pack(tensors, reply_meta)
         signer = self.server.provider if provider else self.server.peer
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(reply)))
-        signed = nodeauth.sign_reply(
-            request_signature=self.headers[nodeauth.SIGNATURE_HEADER], status=200, body=reply, identity=signer.identity
-        )
+        request_signature = self.headers[nodeauth.SIGNATURE_HEADER]
+        if provider or meta["round"] == 0:
+            signed = nodeauth.sign_reply(
+                request_signature=request_signature, status=200, body=reply, identity=signer.identity
+            )
+        else:
+            signed = nodeauth.session_reply_headers(
+                self.server.session_keys[meta["session"]],
+                sender=signer.public_key,
+                request_signature=request_signature,
+                status=200,
+                body=reply,
+            )
         for name, value in signed.items():
             self.send_header(name, value)
         if provider:
@@ -97,6 +111,7 @@ class FakeNodes(http.server.ThreadingHTTPServer):
         self.shared_model = shared_model
         self.provider = PeerNode(keys_folder / "provider", f"{self.url}/provider")
         self.peer = PeerNode(keys_folder / "peer", f"{self.url}/peer")
+        self.session_keys: dict[str, bytes] = {}
         self.provider_delay = 0.0
         self.peer_delay = 0.0
         self.open_connections = 0
@@ -105,6 +120,19 @@ class FakeNodes(http.server.ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start_session(self, first_meta: dict) -> str:
+        """The fake party 1's side of a session's key exchange: its public exchange key for the answer."""
+        private, public = nodeauth.new_exchange_key()
+        self.session_keys[first_meta["session"]] = nodeauth.session_key(
+            private,
+            first_meta[channels.SESSION_KEY_META],
+            sender=node_identity().public_key,
+            recipient=self.peer.public_key,
+            model_id="shared",
+            session_id=first_meta["session"],
+        )
+        return public
 
     def connections_changed(self, by: int) -> None:
         with self.changed:
@@ -124,7 +152,8 @@ class SlowPartyZero(threading.Thread):
 
     def __init__(self, shared_model, peer: PeerNode, *, session: str, delay: float):
         super().__init__(daemon=True)
-        self.shared_model, self.peer, self.session, self.delay = shared_model, peer, session, delay
+        self.shared_model, self.session, self.delay = shared_model, session, delay
+        self.sender = PartyZero(peer, model_id="shared", session_id=session)
         self.round = 0
         self.error: Exception | None = None
 
@@ -145,18 +174,16 @@ class SlowPartyZero(threading.Thread):
 
     def exchange(self, payload):
         time.sleep(self.delay)
-        message = wire.pack(payload, {"session": self.session, "model_id": "shared", "round": self.round})
-        headers = self.peer.headers(
-            message, purpose="exchange", model_id="shared", session_id=self.session, round_number=self.round
-        )
+        message = self.sender.message(self.round, payload)
+        headers = self.sender.headers(message, self.round)
+        header, signature = headers[nodeauth.MESSAGE_HEADER], headers[nodeauth.SIGNATURE_HEADER]
         label = nodeauth.check_request(
-            purpose="exchange",
-            header=headers[nodeauth.MESSAGE_HEADER],
-            signature=headers[nodeauth.SIGNATURE_HEADER],
-            content_length=len(message),
-            limit=len(message),
+            purpose="exchange", header=header, signature=signature, content_length=len(message), limit=len(message)
         )
-        tensors, _ = wire.unpack(channels.deliver(label=label, read_body=lambda: message))
+        reply, _ = channels.deliver(label=label, header=header, signature=signature, read_body=lambda: message)
+        if self.round == 0:
+            self.sender.learn(reply)
+        tensors, _ = wire.unpack(reply)
         self.round += 1
         return tensors
 
