@@ -110,10 +110,47 @@ STATIC_ROOT.mkdir(exist_ok=True)
 # The admin's CSS and JS are served by the node itself, with or without collectstatic.
 WHITENOISE_USE_FINDERS = True
 
-# Stored archives and tensors go through Django's storage API under the data folder.
+# Stored archives and tensors go through Django's storage API: under the data folder by default, or on an
+# S3-compatible object store shared by every replica (GRIDNODE_STORAGE=s3, docs/deployment.md).
 MEDIA_ROOT = DATA_DIR / "files"
+GRIDNODE_STORAGE = env_str("GRIDNODE_STORAGE", "local").lower()
+if GRIDNODE_STORAGE not in ("local", "s3"):
+    raise ImproperlyConfigured(f"GRIDNODE_STORAGE is local (the default) or s3, not {GRIDNODE_STORAGE!r}.")
+_default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+# Path-style URLs (http://endpoint/bucket/key) suit SeaweedFS, MinIO and AWS alike; "virtual" for hosts that need it.
+GRIDNODE_S3_ADDRESSING_STYLE = env_str("GRIDNODE_S3_ADDRESSING_STYLE", "path")
+# Each replica's local copies of the archives its inference processes load (gridnode/objectstore.py).
+GRIDNODE_ARCHIVE_CACHE_BYTES = env_int("GRIDNODE_ARCHIVE_CACHE_BYTES", 16 * 1024**3, minimum=0)
+if GRIDNODE_STORAGE == "s3":
+    _s3_bucket = env_str("GRIDNODE_S3_BUCKET", "")
+    if not _s3_bucket:
+        raise ImproperlyConfigured("GRIDNODE_STORAGE=s3 needs GRIDNODE_S3_BUCKET, the bucket that holds the files.")
+    _s3_keys = (env_str("GRIDNODE_S3_ACCESS_KEY_ID", ""), env_str("GRIDNODE_S3_SECRET_ACCESS_KEY", ""))
+    if bool(_s3_keys[0]) != bool(_s3_keys[1]):
+        raise ImproperlyConfigured(
+            "Set both GRIDNODE_S3_ACCESS_KEY_ID and GRIDNODE_S3_SECRET_ACCESS_KEY, or neither (boto3's own "
+            "credentials: AWS_* variables, a profile, an instance role)."
+        )
+    if GRIDNODE_S3_ADDRESSING_STYLE not in ("path", "virtual", "auto"):
+        raise ImproperlyConfigured("GRIDNODE_S3_ADDRESSING_STYLE is path, virtual or auto.")
+    _default_storage = {
+        "BACKEND": "gridnode.objectstore.ObjectStorage",
+        "OPTIONS": {
+            "bucket_name": _s3_bucket,
+            "endpoint_url": env_str("GRIDNODE_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("GRIDNODE_S3_REGION", "") or None,
+            "access_key": _s3_keys[0] or None,
+            "secret_key": _s3_keys[1] or None,
+            # Every file of the node under this prefix, so one bucket can hold several nodes.
+            "location": env_str("GRIDNODE_S3_PREFIX", "").strip("/"),
+            # Names are fresh uuids: no existence check before each write.
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _default_storage,
     # Readable by nginx's workers, which serve collectstatic's output (deploy/nginx.conf); uploads stay 0640.
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",

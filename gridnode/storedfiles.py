@@ -10,6 +10,10 @@ file in Django's default storage per row, and follow one lifecycle, written here
 3. `StoredFileRow.open_stored` reads it back; a file deleted since its row was read is the app's 404, as if
    the request had come a moment later.
 4. Deleting the row, by any path (API, admin, shell, cascade), removes the file once the deletion commits.
+
+The storage is Django's default: local disk, or an S3-compatible object store (gridnode/objectstore.py),
+where step 2 is a multipart upload from the staged file, step 3 a stream, and step 4 also removes this
+replica's local copy of the file.
 """
 
 import uuid
@@ -140,3 +144,7 @@ def _remove_file(sender, instance, **kwargs) -> None:
     if isinstance(instance, StoredFileRow) and (name := instance.stored_name):
         storage = getattr(instance, instance.file_field).storage
         transaction.on_commit(lambda: storage.delete(name))
+        if getattr(storage, "keeps_local_copies", False):  # the object store (gridnode/objectstore.py)
+            from gridnode.objectstore import remove_copies_of
+
+            transaction.on_commit(lambda: remove_copies_of(name))

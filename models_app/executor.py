@@ -35,7 +35,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from gridnode.errors import BadRequest, GridError, ServiceUnavailable
+from gridnode.errors import BadRequest, GridError, NotFound, ServiceUnavailable
 
 # The environment variable that names the pool's socket, set by whoever started the pool (gunicorn's
 # master, see gunicorn.conf.py) and inherited by the processes that use it.
@@ -137,13 +137,58 @@ class ModelRef:
     path: str | None = None  # a file outside storage (an upload being checked)
 
     def as_header(self) -> dict:
-        path = self.path
+        """What the inference process is sent. On the object store, the archive's local copy on this replica
+        (fetched first if need be), and the sha256 the process checks it against before loading it."""
+        path, sha256 = self.path, None
         if path is None:
             try:
                 path = default_storage.path(self.archive)
-            except NotImplementedError:  # a storage without local files: the process opens it by name
-                path = None
-        return {"id": self.model_id, "archive": self.archive, "kind": self.kind, "path": path}
+            except NotImplementedError:  # the object store (gridnode/objectstore.py)
+                sha256 = archive_sha256(self.archive)
+                path = str(fetched_copy(self.archive, sha256))
+        header = {"id": self.model_id, "archive": self.archive, "kind": self.kind, "path": path}
+        if sha256 is not None:
+            header["sha256"] = sha256
+        return header
+
+
+# Storage name -> sha256 of the hosted models this process has run from the object store. A stored name
+# is never reused, so an entry never goes stale; bounded so deleted models do not pile up.
+_ARCHIVE_SHA256: dict[str, str] = {}
+_ARCHIVE_SHA256_ENTRIES = 4096
+
+
+def archive_sha256(name: str) -> str:
+    """The sha256 the row of the archive stored as `name` records, or the 404 of a model deleted meanwhile."""
+    known = _ARCHIVE_SHA256.get(name)
+    if known is not None:
+        return known
+    from models_app.models import HostedModel
+
+    found = HostedModel.objects.filter(archive=name).values_list("sha256", flat=True).first()
+    if found is None:
+        raise NotFound("Model not found.")
+    if len(_ARCHIVE_SHA256) >= _ARCHIVE_SHA256_ENTRIES:
+        _ARCHIVE_SHA256.clear()
+    _ARCHIVE_SHA256[name] = found
+    return found
+
+
+def fetched_copy(name: str, sha256: str) -> Path:
+    """This replica's checked copy of a stored archive (gridnode/objectstore.py local_copy), or the error
+    to answer: a 404 when the store no longer has it, a 500 when its bytes are not the ones uploaded."""
+    from gridnode.objectstore import DamagedCopy, local_copy
+
+    try:
+        return local_copy(name, sha256)
+    except FileNotFoundError:
+        raise NotFound("Model not found.") from None
+    except DamagedCopy:
+        raise GridError(
+            "The stored archive of this model does not match the sha256 recorded at its upload; the operator "
+            "should restore it or delete the model (manage.py storage_check).",
+            status=500,
+        ) from None
 
 
 @dataclass
@@ -187,7 +232,11 @@ def run(op: str, model: ModelRef, body: dict, blobs: list[bytes]) -> Outcome:
     data in the form that operation reads.
     """
     limits = {name: getattr(settings, name) for name in LIMIT_SETTINGS}
-    frame = Frame({"op": op, "model": model.as_header(), "limits": limits, "body": body}, blobs)
+    try:
+        header = model.as_header()
+    except GridError as error:  # the archive could not be had from the object store: nothing ran
+        return Outcome(error.status, error=error.message, fields=dict(getattr(error, "fields", {})), ran=False)
+    frame = Frame({"op": op, "model": header, "limits": limits, "body": body}, blobs)
     deadline = settings.GRIDNODE_INFERENCE_TIMEOUT
     started = time.monotonic()
     connection = _connect()

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import warnings
+from pathlib import Path
 
 logger = logging.getLogger("gridnode.inference")
 
@@ -213,6 +214,8 @@ def _read_archive(model: dict):
 
     path, kind = model.get("path"), str(model.get("kind"))
     size = archives.archive_size(path)
+    if path and model.get("sha256"):
+        _check_local_copy(Path(path), str(model["sha256"]))
     try:
         with bounded(
             seconds=archives.load_seconds(size), memory_bytes=2 * size + settings.GRIDNODE_INFERENCE_MEMORY_BYTES
@@ -227,6 +230,25 @@ def _read_archive(model: dict):
     except FileNotFoundError:
         # Deleted between the web process's query and this read: as if the query had come a moment later.
         raise NotFound("Model not found.") from None
+
+
+def _check_local_copy(path, sha256: str) -> None:
+    """Before loading a replica's local copy of an archive on the object store, check it is still the
+    uploaded bytes (gridnode/objectstore.py); a damaged copy is removed, to be fetched again."""
+    from gridnode.errors import GridError, NotFound
+    from gridnode.objectstore import file_sha256, remove_copy
+
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError:
+        raise NotFound("Model not found.") from None
+    if actual != sha256:
+        remove_copy(path)
+        raise GridError(
+            "This node's local copy of the model's archive was damaged; it was removed and is fetched again "
+            "from the object store on the next request.",
+            status=503,
+        )
 
 
 # --- The supervisor ---------------------------------------------------------------------------------

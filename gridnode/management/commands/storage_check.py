@@ -7,6 +7,10 @@ only a node-wide look can say so. Each app answers for its own rows through a se
 An upload writes its file into storage a moment before its row commits, and a large archive may be
 checked for up to GRIDNODE_LOAD_TIMEOUT seconds after it was staged, so files younger than `--min-age`
 are never judged. Files are listed before rows are read, so a row committed meanwhile still counts.
+
+On the object store (GRIDNODE_STORAGE=s3) it also looks at multipart uploads left unfinished (a process
+killed mid-upload: no object, but parts the store keeps) and at this replica's local copies of stored
+archives whose row is gone (gridnode/objectstore.py); run it on each replica for the copies.
 """
 
 import time
@@ -14,11 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage, storages
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from datasets_app.services import dataset_file_names
+from gridnode.objectstore import copy_path, local_copies, on_object_store, remove_copy
 from models_app.services import model_archive_names
 from smpc_app.shares import share_file_names
 
@@ -83,6 +88,14 @@ class Command(BaseCommand):
             f"file; {young} files younger than {min_age} s left alone."
         )
         remaining = missing + (0 if delete else orphans + stale)
+        if on_object_store():
+            unfinished = self._unfinished_uploads()
+            copies = self._unclaimed_copies(owners)
+            self.stdout.write(
+                f"Object store: {unfinished} unfinished multipart uploads {'aborted' if delete else 'found'}, "
+                f"{copies} local copies of files no row refers to {verb}."
+            )
+            remaining += 0 if delete else unfinished + copies
         if remaining:
             advice = "" if delete else " (--delete removes the files)"
             if missing:
@@ -143,6 +156,31 @@ class Command(BaseCommand):
         for name in absent:
             self.stdout.write(f"Missing file for {owners[name]}: {name}")
         return len(absent)
+
+    def _unfinished_uploads(self) -> int:
+        """Report (and with --delete abort) multipart uploads begun before --min-age and never completed."""
+        storage = storages["default"]
+        now, count = timezone.now(), 0
+        for key, upload_id, initiated in storage.pending_uploads():
+            age = now - initiated
+            if age < self.min_age:
+                continue
+            count += 1
+            line = f"Unfinished multipart upload of {key} ({age.total_seconds() / 3600:.1f} h old)"
+            self._found(line, lambda target: storage.abort_upload(*target), (key, upload_id))
+        return count
+
+    def _unclaimed_copies(self, owners: dict[str, str]) -> int:
+        """Report (and with --delete remove) this replica's local copies whose stored file no row claims."""
+        claimed = {copy_path(name, "").name for name in owners}  # "-<name>": a copy's name past its sha256
+        count = 0
+        for path in local_copies():
+            if path.name[64:] in claimed:
+                continue
+            count += 1
+            size = path.stat().st_size if path.exists() else 0
+            self._found(f"Local copy {path} ({size:,} bytes): no row refers to its file", remove_copy, path)
+        return count
 
     def _found(self, line: str, remove, target) -> None:
         if self.delete:
