@@ -13,6 +13,7 @@ import threading
 import pytest
 import torch
 
+from gridclient.cli import USAGE, main
 from gridclient.encrypted import EncryptedInferenceFailed, run_encrypted_inference
 from smpc_protocol import ring
 
@@ -88,3 +89,11 @@ def test_inputs_just_inside_the_range_are_sent(node):
         run_encrypted_inference("shared", inputs, workers=[node.url, node.url], timeout=5)
 
     assert node.requests.count(("POST", "/encrypted-models/shared/inference")) >= 1
+
+
+def test_the_command_line_refuses_them_too_with_a_usage_error(node, capsys):
+    code = main(["--url", node.url, "encrypted-infer", "shared", "--data", "[[0.5, 1e10, 0, 0]]"])
+
+    assert code == USAGE
+    assert "smaller than 2^29 = 536870912 in magnitude" in capsys.readouterr().err
+    assert node.requests == []
