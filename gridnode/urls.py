@@ -7,6 +7,10 @@ from django.views.decorators.csrf import csrf_exempt
 from gridnode import auth, health, observability
 from gridnode.schema_views import SchemaUIView, SchemaView
 
+admin.site.site_header = "Grid Node administration"
+admin.site.site_title = "Grid Node"
+admin.site.index_title = "Models, datasets and encrypted models on this node"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     re_path(r"^healthz/?$", health.liveness, name="healthz"),

@@ -129,3 +129,31 @@ def test_a_dataset_switched_off_in_the_admin_refuses_downloads(live_server, staf
 
     assert (refused, untouched) == (403, 200)
     assert Dataset.objects.get(dataset_id="shared-data").allow_download is False
+
+
+def test_the_admin_names_the_node_and_its_lists_fit_a_1280_pixel_screen(live_server, staff, serve, mlp_jit, api):
+    serve("mnist-classifier-v2", mlp_jit, allow_remote_inference=True)
+    body = {
+        "id": "hospital-readings-2026",
+        "tags": ["#cardiology", "#ecg", "#anonymised"],
+        "description": "Twelve-lead readings of consenting patients, resampled to 500 Hz and anonymised. " * 3,
+        "data": [[1.0, 2.0]],
+    }
+    assert api.post("/datasets", body, format="json").status_code == 201
+    lists = [
+        f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
+        for model in admin.site._registry
+        if model._meta.app_label in ("models_app", "datasets_app", "smpc_app")
+    ]
+
+    widths = {}
+    with chromium_page() as page:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        log_in(page, live_server.url, "/admin/")
+        header = page.locator("#site-name").inner_text()
+        for path in lists:
+            page.goto(f"{live_server.url}{path}")
+            widths[path] = page.evaluate("document.documentElement.scrollWidth")
+
+    assert header == "Grid Node administration"
+    assert {path: width for path, width in widths.items() if width > 1280} == {}
