@@ -1,14 +1,16 @@
 """Encrypted inference latency and accuracy on three local nodes (two workers and a crypto provider).
 
-usage: python bench/smpc_inference.py [REQUESTS=1000]
+usage: python bench/smpc_inference.py [REQUESTS=1000]      (BENCH_TLS=0: plain http between everyone)
 
 Starts three gunicorn nodes, each on a fresh PostgreSQL database (on the server of $DATABASE_URL, else
-postgres://postgres@127.0.0.1:5432) and its own data folder, hosts a 784-128-128-10 MLP with
+postgres://postgres@127.0.0.1:5432) and its own data folder, each with its own key pair and trusting
+the other two by key, serving https with certificates from a CA made for the run (the nodes and this
+client check them), every node-to-node request and reply signed; hosts a 784-128-128-10 MLP with
 gridclient.encrypted, and runs REQUESTS single-input inferences one after another, each end to end
 (sharing the input, both workers' HTTP calls, reconstructing). Every output is compared with the
 plaintext model's. The nodes and their databases are removed at the end. The last line reads:
 
-    smpc_mlp p50_ms=... p99_ms=... max_abs_err=... argmax_agree=N/REQUESTS rounds=... bytes_per_worker=...
+    smpc_mlp tls=on p50_ms=... p99_ms=... max_abs_err=... argmax_agree=N/REQUESTS rounds=... bytes_per_worker=...
 
 bytes_per_worker is the mean, over requests and the two workers, of what a worker sent and received
 (the client's share, the provider's randomness, the exchanges with its peer, its answer), in bytes.
@@ -68,8 +70,11 @@ def main() -> None:
         server = "postgres://postgres@127.0.0.1:5432/postgres"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    tls = os.environ.get("BENCH_TLS", "1") != "0"
     with tempfile.TemporaryDirectory(prefix="smpc-bench-") as root:
-        cluster = SmpcCluster(Path(root), postgres_url=server)
+        cluster = SmpcCluster(Path(root), postgres_url=server, tls=tls)
+        if tls:
+            os.environ["SSL_CERT_FILE"] = str(cluster.ca_file)  # this client checks the nodes' certificates too
         try:
             started = time.perf_counter()
             cluster.start()
@@ -109,7 +114,8 @@ def main() -> None:
     )
     print(concurrent)
     print(
-        f"smpc_mlp p50_ms={percentile(latencies, 0.5):.1f} p99_ms={percentile(latencies, 0.99):.1f} "
+        f"smpc_mlp tls={'on' if tls else 'off'} "
+        f"p50_ms={percentile(latencies, 0.5):.1f} p99_ms={percentile(latencies, 0.99):.1f} "
         f"max_abs_err={max(errors):.2e} argmax_agree={agree}/{requests} rounds={'/'.join(map(str, sorted(rounds)))} "
         f"bytes_per_worker={round(statistics.mean(traffic))}"
     )

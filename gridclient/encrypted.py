@@ -65,9 +65,7 @@ def host_encrypted_model(
     if len(workers) != 2:
         raise ValueError("encrypted inference runs on exactly two workers")
     if allow_download:
-        raise ValueError(
-            "an encrypted model's parts are never downloadable: any two of them rebuild its weights"
-        )
+        raise ValueError("an encrypted model's parts are never downloadable: any two of them rebuild its weights")
     shared = hosting.split_model(model, tuple(input_shape))
     spec = shared.spec.to_json()
     nodes = [GridNodeClient(url, token=token, timeout=timeout, progress=False) for url in [*workers, crypto_provider]]
