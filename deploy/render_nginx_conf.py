@@ -1,9 +1,11 @@
 """Writes deploy/nginx.conf with its placeholders (names between at signs) filled in, for scripts/serve and tests.
 
-usage: .venv/bin/python deploy/render_nginx_conf.py RUN_DIR UPSTREAM > RUN_DIR/nginx.conf
+usage: .venv/bin/python deploy/render_nginx_conf.py RUN_DIR UPSTREAM [UPSTREAM...] > RUN_DIR/nginx.conf
 
 RUN_DIR holds nginx's pid file, temp folders and logs; UPSTREAM is gunicorn's address as nginx names it
-(`unix:/path/gunicorn.sock` or `127.0.0.1:8000`). The body limit and the static folder come from the
+(`unix:/path/gunicorn.sock` or `127.0.0.1:8000`); several are replicas of one node (docs/deployment.md),
+each request going to the one with the fewest in progress, and a request no replica could be reached
+for going to the next. The body limit and the static folder come from the
 node's settings (GRIDNODE_MAX_UPLOAD_BYTES, STATIC_ROOT), so nginx and the node cannot disagree; the
 rest from these variables (docs/operations.md):
 
@@ -52,13 +54,26 @@ def render(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda found: values[found.group(1)], template)
 
 
-def main(run_dir: str, upstream: str) -> None:
+def upstream_lines(upstreams: list[str]) -> str:
+    """The upstream block's server lines: one replica, or several balanced by requests in progress."""
+    for upstream in upstreams:
+        if not re.fullmatch(r"unix:/[^\s;{}]+|[A-Za-z0-9.\-\[\]:]+:\d+", upstream):
+            raise ValueError(f"not an upstream address (unix:/path or HOST:PORT): {upstream!r}")
+    servers = [f"        server {upstream};" for upstream in upstreams]
+    if len(upstreams) > 1:
+        servers.insert(0, "        least_conn;")
+    return "\n".join(servers)
+
+
+def main(run_dir: str, *upstreams: str) -> None:
     values = {
         "USER_LINE": worker_user_line(),
         "WORKER_PROCESSES": env_str("GRIDNODE_NGINX_WORKERS", "auto"),
         "RUN_DIR": str(Path(run_dir).resolve()),
         "LISTEN": env_str("GRIDNODE_PUBLIC_BIND", "127.0.0.1:8080"),
-        "UPSTREAM": upstream,
+        "UPSTREAM_SERVERS": upstream_lines(list(upstreams)),
+        # One replica: nothing to try next. Several: a connection refused or timed out tries the next.
+        "NEXT_UPSTREAM": "error timeout" if len(upstreams) > 1 else "off",
         "STATIC_ROOT": str(Path(settings.STATIC_ROOT).resolve()),
         "MAX_BODY_BYTES": str(settings.GRIDNODE_MAX_UPLOAD_BYTES),
         "CLIENT_HEADER_TIMEOUT": str(env_int("GRIDNODE_CLIENT_HEADER_TIMEOUT", 10, minimum=1)),
@@ -71,6 +86,6 @@ def main(run_dir: str, upstream: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         sys.exit(__doc__.split("\n\n")[1])
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], *sys.argv[2:])
