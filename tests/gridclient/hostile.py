@@ -3,12 +3,10 @@
 Each path it serves is a `Route`: bytes to answer (a model archive holding a pickle, JSON nested
 100,000 deep, an HTML page), an endless body, or no answer at all until the server closes. The tests
 start it in a thread (`HostileNode()`), point `GridNodeClient` or the CLI at `node.url`, and check what
-the client does with each answer. Run as a module, it serves until killed, printing its URL (for a
-client measured in another process).
+the client does with each answer.
 """
 
 import http.server
-import sys
 import threading
 from dataclasses import dataclass
 
@@ -82,13 +80,3 @@ def endless_routes() -> dict[str, Route]:
         "/models": Route(ENDLESS_CHUNK, endless=True),
         "/get_model/endless": Route(b"PK\x03\x04" + bytes(65532), "application/octet-stream", endless=True),
     }
-
-
-if __name__ == "__main__":
-    node = HostileNode(endless_routes())
-    print(node.url, flush=True)
-    try:
-        node.thread.join()
-    except KeyboardInterrupt:
-        node.close()
-        sys.exit(0)
