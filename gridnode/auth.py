@@ -41,8 +41,8 @@ class Unauthorized(GridError):
 
     status = 401
 
-    def response(self) -> HttpResponse:
-        response = super().response()
+    def response(self, **contract_fields) -> HttpResponse:
+        response = super().response(**contract_fields)
         response["WWW-Authenticate"] = KEYWORD
         return response
 
@@ -60,51 +60,53 @@ def _check_group(group: str) -> None:
 
 
 def requires(group: str, **error_fields) -> Callable:
-    """Declare the group of a view's action; `error_fields` are the contract's extra keys on its 401."""
+    """Declare the group of a view's action, and the contract's extra keys on every error it answers
+    (beside those its view class declares as `error_fields`; gridnode.errors adds them)."""
     _check_group(group)
 
     def declare(action):
         action.auth_group = group
-        action.auth_error_fields = error_fields
+        action.error_fields = error_fields
         return action
 
     return declare
 
 
-def declared_group(view, method: str) -> tuple[str, dict]:
-    """The group and 401 fields of what a DRF view is about to run for this method.
+def _handler(view, method: str):
+    return getattr(view, getattr(view, "action", None) or method.lower(), None)
+
+
+def declared_group(view, method: str) -> str:
+    """The group of what a DRF view is about to run for this method.
 
     A handler that declares nothing (a view added without `@requires`, OPTIONS, a method answered 405)
     is a read when the method is safe and a write otherwise, so forgetting a declaration never opens a
     closed node.
     """
-    handler = getattr(view, getattr(view, "action", None) or method.lower(), None)
-    group = getattr(handler, "auth_group", None)
+    group = getattr(_handler(view, method), "auth_group", None)
     if group is None:
-        return (READ if method in permissions.SAFE_METHODS else WRITE), {}
-    return group, handler.auth_error_fields
+        return READ if method in permissions.SAFE_METHODS else WRITE
+    return group
 
 
-def _unauthorized(message: str, fields: dict) -> Unauthorized:
-    exc = Unauthorized(message)
-    exc.fields.update(fields)  # not as keywords: the inference endpoints' "status" field would be the code
-    return exc
+def declared_error_fields(view, method: str) -> dict:
+    """The keys the contract puts beside `error` in what a DRF view answers for this method: its class's
+    `error_fields`, then its action's (`requires`)."""
+    return {**getattr(view, "error_fields", {}), **getattr(_handler(view, method), "error_fields", {})}
 
 
-def _missing_token(fields: dict) -> Unauthorized:
-    return _unauthorized(f"This endpoint needs a token: send 'Authorization: {KEYWORD} <key>'.", fields)
+def _missing_token() -> Unauthorized:
+    return Unauthorized(f"This endpoint needs a token: send 'Authorization: {KEYWORD} <key>'.")
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
-    """DRF's token authentication, failing in the node's one error shape (with the action's 401 fields)."""
+    """DRF's token authentication, failing in the node's one error shape."""
 
     def authenticate(self, request):
         try:
             return super().authenticate(request)
         except exceptions.AuthenticationFailed:
-            view = (getattr(request, "parser_context", None) or {}).get("view")
-            fields = declared_group(view, request.method)[1] if view is not None else {}
-            raise _unauthorized("Invalid token.", fields) from None
+            raise Unauthorized("Invalid token.") from None
 
     def authenticate_credentials(self, key):
         if not _PLAUSIBLE_KEY.fullmatch(key):
@@ -116,9 +118,8 @@ class GroupPermission(permissions.BasePermission):
     """DRF's permission for every view: through when the action's group is open or the token is valid."""
 
     def has_permission(self, request, view) -> bool:
-        group, fields = declared_group(view, request.method)
-        if group_closed(group) and not (request.user and request.user.is_authenticated):
-            raise _missing_token(fields)
+        if group_closed(declared_group(view, request.method)) and not (request.user and request.user.is_authenticated):
+            raise _missing_token()
         return True
 
 
@@ -134,7 +135,7 @@ def protect(view_func: Callable, group: str) -> Callable:
             except Unauthorized as exc:
                 return exc.response()
             if found is None:
-                return _missing_token({}).response()
+                return _missing_token().response()
         return view_func(request, *args, **kwargs)
 
     return guarded

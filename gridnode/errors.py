@@ -6,7 +6,7 @@ and Django-level failures (no route, crashes) go through the JSON handlers in `u
 
 import logging
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, ValidationError
 from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf_exceptions
 
@@ -26,8 +26,8 @@ class GridError(Exception):
         # Endpoint-specific keys that the contract puts beside "error" (e.g. "success": false).
         self.fields = fields
 
-    def response(self) -> JsonResponse:
-        return error_response(self.message, status_code=self.status, **self.fields)
+    def response(self, **contract_fields) -> JsonResponse:
+        return error_response(self.message, status_code=self.status, **{**contract_fields, **self.fields})
 
 
 class BadRequest(GridError):
@@ -86,27 +86,35 @@ def _drf_message(exc: drf_exceptions.APIException) -> str:
 
 
 def handle_api_exception(exc: Exception, context: dict) -> JsonResponse | None:
-    """DRF's exception handler: map every known failure to the one error shape."""
+    """DRF's exception handler: map every known failure to the one error shape, with the keys the
+    contract puts beside `error` on the view's answers (`error_fields`, gridnode.auth.requires)."""
+    view, request = context.get("view"), context.get("request")
+    fields = {}
+    if view is not None and request is not None:
+        from gridnode.auth import declared_error_fields  # gridnode.auth raises this module's errors
+
+        fields = declared_error_fields(view, request.method)
     if isinstance(exc, GridError):
-        return exc.response()
+        return exc.response(**fields)
     if isinstance(exc, RequestDataTooBig):
-        return error_response("The request body is larger than this node accepts.", status_code=413)
+        return error_response("The request body is larger than this node accepts.", status_code=413, **fields)
     if isinstance(exc, UnreadablePostError):
         # The client stopped sending mid-body (gridnode.uploads.WholeBodies): nothing is stored, no 500.
-        return error_response("The request body ended before its Content-Length.", status_code=400)
+        return error_response("The request body ended before its Content-Length.", status_code=400, **fields)
+    if isinstance(exc, ValidationError):
+        # A row's own validators (full_clean) refused what the request would store.
+        return error_response(" ".join(exc.messages), status_code=400, **fields)
     if isinstance(exc, drf_exceptions.APIException):
-        response = error_response(_drf_message(exc), status_code=exc.status_code)
-        if isinstance(exc, drf_exceptions.MethodNotAllowed):
-            view = context.get("view")
-            if view is not None:
-                response["Allow"] = ", ".join(view.allowed_methods)
+        response = error_response(_drf_message(exc), status_code=exc.status_code, **fields)
+        if isinstance(exc, drf_exceptions.MethodNotAllowed) and view is not None:
+            response["Allow"] = ", ".join(view.allowed_methods)
         return response
     if isinstance(exc, Http404):
-        return error_response("Not found.", status_code=404)
+        return error_response("Not found.", status_code=404, **fields)
     if isinstance(exc, PermissionDenied):
-        return error_response("Permission denied.", status_code=403)
+        return error_response("Permission denied.", status_code=403, **fields)
     if isinstance(exc, SuspiciousOperation):
-        return error_response("Bad request.", status_code=400)
+        return error_response("Bad request.", status_code=400, **fields)
     # Unknown failures fall through to Django, which logs them and answers with `server_error`.
     return None
 

@@ -42,22 +42,19 @@ FAST_PATH_OUTCOME = "gridnode.inference_outcome"
 
 
 def answer(*, model_id: str, body: Callable[[], tuple[dict, list[bytes]]], ran: executor.Outcome | None = None) -> dict:
-    """The success body for running a model on a request's data; errors carry `success`/`status` false.
+    """The success body for running a model on a request's data (its errors get `success`/`status` false
+    from the view's declared error fields).
 
     `body` gives the request's data as an inference process reads it (`json_body`, `form_body`), lazily,
     so an unknown or private model is a 404/403 whatever was sent. The prediction comes back rendered.
     `ran` is the outcome of this very request when it already ran (see FAST_PATH_OUTCOME).
     """
-    try:
-        outcome = ran
-        if outcome is None:
-            model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
-            request_body, blobs = body()
-            outcome = executor.run("predict", model, request_body, blobs)
-        outcome.raise_for_error()
-    except GridError as exc:
-        exc.fields.update(success=False, status=False)
-        raise
+    outcome = ran
+    if outcome is None:
+        model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
+        request_body, blobs = body()
+        outcome = executor.run("predict", model, request_body, blobs)
+    outcome.raise_for_error()
     return {"success": True, "status": True, "prediction": orjson.Fragment(outcome.payload)}
 
 
@@ -108,22 +105,18 @@ def _request_data(body: dict, blobs: list[bytes]):
 
 def predict(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
     """The inference side of `answer`: parse the data, run the model, render the prediction (JSON bytes)."""
-    try:
-        data = _request_data(body, blobs)
-        all_outputs = parse_bool(body_field(data, "all_outputs"), "all_outputs")
-        inputs, encoding = inference_inputs(data, loaded)
-        for position, tensor in enumerate(inputs):
-            if tensor.dim() > 0:
-                batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
-        output = loaded.run(inputs, all_outputs=all_outputs)
-        answer_size_check(answer_bytes(output, json_numbers=encoding == JSON))
-        # ASCII-escaped: torch.save bytes as ISO-8859-1 text read right whatever charset the client decodes
-        # the answer in (JSON numbers are ASCII already, and come back as orjson renders them).
-        rendered = ascii_json(orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default))
-        answer_size_check(len(rendered))
-    except GridError as exc:
-        exc.fields.update(success=False, status=False)
-        raise
+    data = _request_data(body, blobs)
+    all_outputs = parse_bool(body_field(data, "all_outputs"), "all_outputs")
+    inputs, encoding = inference_inputs(data, loaded)
+    for position, tensor in enumerate(inputs):
+        if tensor.dim() > 0:
+            batch_check(rows=tensor.shape[0], what="'data'" if len(inputs) == 1 else f"Input {position} of 'data'")
+    output = loaded.run(inputs, all_outputs=all_outputs)
+    answer_size_check(answer_bytes(output, json_numbers=encoding == JSON))
+    # ASCII-escaped: torch.save bytes as ISO-8859-1 text read right whatever charset the client decodes
+    # the answer in (JSON numbers are ASCII already, and come back as orjson renders them).
+    rendered = ascii_json(orjson.dumps(prediction_payload(output, encoding), default=JSONEncoder().default))
+    answer_size_check(len(rendered))
     return 200, "application/json", {}, rendered
 
 

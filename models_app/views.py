@@ -10,8 +10,8 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from rest_framework import renderers, viewsets
 from rest_framework.response import Response
 
-from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, declared_group, requires
-from gridnode.errors import BadRequest, GridError
+from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, requires
+from gridnode.errors import BadRequest
 from gridnode.http import (
     LATIN1,
     FastJSONRenderer,
@@ -121,15 +121,9 @@ class HostedModelViewSet(viewsets.ViewSet):
     # Both are declared so that every answer says `Vary: Accept` (DRF adds it for more than one renderer
     # class, and the inference fast path's answer carries it too); get_renderers narrows them per action.
     renderer_classes = [FastJSONRenderer, ArchiveRenderer]
-
-    def handle_exception(self, exc):
-        """Every error answer of the model endpoints carries `"success": false` (and the inference endpoint's
-        `"status": false`) beside the seed's `error`: the 2019 PyGrid client reads `success` before `error`."""
-        response = super().handle_exception(exc)
-        if response.status_code >= 400 and response.get("Content-Type", "").startswith("application/json"):
-            # The fields each action declares (`requires`); an undeclared handler (a 405) takes success alone.
-            _add_error_fields(response, {"success": False, **declared_group(self, self.request.method)[1]})
-        return response
+    # Every error answer carries `"success": false` beside the seed's `error` (the inference action adds
+    # `"status": false`): the 2019 PyGrid client reads `success` before `error` (gridnode.errors adds them).
+    error_fields = {"success": False}
 
     def get_renderers(self):
         """JSON on every action; the raw archive as well only where an archive is answered (the download).
@@ -153,7 +147,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
-    @requires(WRITE, success=False)
+    @requires(WRITE)
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_MODEL_BYTES, what="model")
@@ -197,7 +191,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_CHUNKED,
         },
     )
-    @requires(WRITE, success=False)
+    @requires(WRITE)
     def remove(self, request):
         """POST /delete-model: remove a model and its archive."""
         model_id = check_object_id(body_field(request.data, "model_id"), "model_id")
@@ -221,7 +215,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **_UNKNOWN_FORMAT_NOT_SUCCESS,
         },
     )
-    @requires(READ, success=False)
+    @requires(READ)
     def list(self, request):
         """GET /models: the ids of every hosted model."""
         return Response({"success": True, "models": services.model_ids()})
@@ -241,14 +235,10 @@ class HostedModelViewSet(viewsets.ViewSet):
             **errors(404, schema=_NOT_SUCCESS, e404=_MODEL_OR_FORMAT),
         },
     )
-    @requires(READ, success=False)
+    @requires(READ)
     def copy_allowed(self, request, model_id):
         """GET /is_model_copy_allowed/<id>: whether the owner lets others download the model."""
-        try:
-            services.model_for_download(model_id=check_object_id(model_id, "model_id"))
-        except GridError as exc:
-            exc.fields["success"] = False
-            raise
+        services.model_for_download(model_id=check_object_id(model_id, "model_id"))
         return Response({"success": True})
 
     @extend_schema(
@@ -280,7 +270,7 @@ class HostedModelViewSet(viewsets.ViewSet):
             **errors(400, 401, 403, 404, schema=_NOT_SUCCESS, e404=_MODEL_OR_DOWNLOAD_FORMAT),
         },
     )
-    @requires(DOWNLOAD, success=False)
+    @requires(DOWNLOAD)
     def download(self, request, model_id):
         """GET /get_model/<id>: the archive, as text in JSON or raw with Accept: application/octet-stream."""
         hosted = services.model_for_download(model_id=check_object_id(model_id, "model_id"))
@@ -315,13 +305,13 @@ class HostedModelViewSet(viewsets.ViewSet):
         ],
         responses={
             200: _PREDICTION,
-            # Every error the view answers adds success and status false (HostedModelViewSet.handle_exception).
+            # Every error the view answers adds success and status false (error_fields, requires).
             **errors(400, 401, 403, 413, 415, schema=_NOT_SUCCESS_NOR_STATUS),
             **_CHUNKED,
             **errors(404, schema=_NOT_SUCCESS_NOR_STATUS, e404=_MODEL_OR_FORMAT),
         },
     )
-    @requires(INFERENCE, success=False, status=False)
+    @requires(INFERENCE, status=False)
     def infer(self, request, model_id):
         """POST /model/<id>: run the model on the caller's data and answer its prediction."""
         # A multipart part is read into memory to run the model, like a JSON body: the same bound.
@@ -369,18 +359,3 @@ def _inference_body(request) -> tuple[dict, list[bytes]]:
     if request.content_type.split(";", 1)[0].strip().lower() == "application/json":
         return inference.json_body(request._request.body, charset=request._request.encoding)
     return inference.form_body(request.data)
-
-
-def _add_error_fields(response, fields: dict) -> None:
-    """Put the keys in `fields` that an error body lacks in front of it (its `error` text unchanged)."""
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return
-    if not isinstance(body, dict) or "error" not in body:
-        return
-    missing = {key: value for key, value in fields.items() if key not in body}
-    if missing:
-        response.content = json.dumps({**missing, **body}).encode()
-        if response.has_header("Content-Length"):
-            response["Content-Length"] = str(len(response.content))

@@ -55,3 +55,30 @@ def test_unknown_admin_pages_are_json_404s(admin_client):
     response = admin_client.get("/admin/no-such-app/")
     assert response.status_code == 404
     assert response.json() == {"error": "Not found."}
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/models", {"success": False, "error": "Model ids are too long."}),
+        ("/datasets", {"error": "Model ids are too long."}),
+    ],
+)
+def test_a_row_refused_by_its_own_validators_is_a_400_in_the_views_shape(api, monkeypatch, path, expected):
+    """full_clean's ValidationError, wherever a view meets it, is answered by the one exception handler,
+    with the keys the view's contract adds (success: false on the model endpoints), never a 500."""
+    from django.core.exceptions import ValidationError
+
+    from datasets_app import services as datasets
+    from models_app import services as models
+
+    def refuse(**kwargs):
+        raise ValidationError("Model ids are too long.")
+
+    monkeypatch.setattr(models, "model_ids", refuse)
+    monkeypatch.setattr(datasets, "dataset_list", refuse)
+
+    response = api.get(path)
+
+    assert response.status_code == 400
+    assert response.json() == expected
