@@ -13,7 +13,7 @@ import logging
 from time import perf_counter
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.core.signals import request_finished, request_started
 
 from gridnode.errors import BadRequest, GridError
 from gridnode.http import SECURITY_HEADERS, host_allowed
@@ -67,11 +67,13 @@ class SessionExchangeFastPath:
                 limit=settings.GRIDNODE_MAX_BODY_BYTES,
             )
             if label.round == 0:
-                close_old_connections()  # as Django does around a request: the first round asks the database
+                # The first round asks the database: with Django's request signals around it, as Django's
+                # handler sends them (they close connections that are broken or past their age).
+                request_started.send(sender=self.__class__, environ=environ)
                 try:
                     runtime.exchange_authorize(label)
                 finally:
-                    close_old_connections()
+                    request_finished.send(sender=self.__class__)
             content, reply_headers = channels.deliver(
                 label=label,
                 header=environ.get(_MESSAGE, ""),
