@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import JsonResponse
 from rest_framework import authentication, exceptions, permissions
 
 from gridnode.errors import GridError
@@ -41,7 +41,7 @@ class Unauthorized(GridError):
 
     status = 401
 
-    def response(self, **contract_fields) -> HttpResponse:
+    def response(self, **contract_fields) -> JsonResponse:
         response = super().response(**contract_fields)
         response["WWW-Authenticate"] = KEYWORD
         return response
@@ -139,6 +139,13 @@ def protect(view_func: Callable, group: str) -> Callable:
         return view_func(request, *args, **kwargs)
 
     return guarded
+
+
+def answers_without_a_token(group: str, environ) -> bool:
+    """Whether DRF would serve a request to an endpoint of `group` without looking at a token: the group is
+    open and the request sends none (a token that is sent is always checked). The WSGI fast paths
+    (gridnode/fastpath.py) answer only such requests."""
+    return not group_closed(group) and "HTTP_AUTHORIZATION" not in environ
 
 
 def authenticated_or_none(user):

@@ -12,32 +12,22 @@ and so does every request whose inference failed, with the outcome of its one ru
 every rule that is not about running a model, come from the one place they are written: the DRF viewset.
 """
 
-import io
 import logging
 import re
-from time import perf_counter
 
 import orjson
 from django.conf import settings
-from django.core import signals
 from rest_framework.utils.encoders import JSONEncoder
 
-from gridnode.http import SECURITY_HEADERS, check_object_id, host_allowed
-from gridnode.observability import observe_request
+from gridnode.auth import INFERENCE
+from gridnode.fastpath import Answer, FastPath
+from gridnode.http import check_object_id
 from models_app import executor, inference, services
 
 logger = logging.getLogger(__name__)
 
-# The inference routes of models_app/urls.py: /model/<id> and /models/<id>, with or without a slash.
-INFERENCE_PATH = re.compile(r"/models?/([^/]+)/?")
-
-# What the DRF view's answer carries after Django's middleware: keep the two answers alike.
-_HEADERS = [
-    ("Content-Type", "application/json"),
-    ("Vary", "Accept"),
-    ("Allow", "POST, OPTIONS"),
-    *SECURITY_HEADERS,
-]
+# What the DRF view's answer carries besides its type and the security headers: keep the two answers alike.
+_HEADERS = [("Vary", "Accept"), ("Allow", "POST, OPTIONS")]
 
 # Content-Types (lower-cased) for which DRF picks the JSON parser and the body means what this path reads.
 # DRF itself matches the type without regard to case or parameters (and `application/*` or `*/*` match it
@@ -68,61 +58,34 @@ def _accepts_plain_json(accept: str | None) -> bool:
     return all(token.strip() in _JSON_ACCEPTS for token in accept.split(","))
 
 
-class InferenceFastPath:
-    """WSGI middleware: answers successful JSON inference requests itself, hands the rest to Django."""
+class InferenceFastPath(FastPath):
+    """Answers successful JSON inference requests itself; errors, and anything odd, go to Django."""
 
-    def __init__(self, django_app):
-        self.django_app = django_app
+    # The inference routes of models_app/urls.py: /model/<id> and /models/<id>, with or without a slash.
+    paths = re.compile(r"/models?/([^/]+)/?")
+    group = INFERENCE
+
+    def __init__(self, app):
+        super().__init__(app)
         self._default = JSONEncoder().default
 
-    def __call__(self, environ, start_response):
-        match = INFERENCE_PATH.fullmatch(environ.get("PATH_INFO", ""))
-        if match is None or not self._may_answer(environ):
-            return self.django_app(environ, start_response)
-        started = perf_counter()
-        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-        model_id = match.group(1)
-        payload = self._answer(environ, model_id, body)
-        if payload is None:
-            environ["wsgi.input"] = io.BytesIO(body)
-            return self.django_app(environ, start_response)
-        start_response("200 OK", [*_HEADERS, ("Content-Length", str(len(payload)))])
-        _observe(environ["PATH_INFO"], model_id, perf_counter() - started)
-        return [payload]
+    def takes(self, environ, length: int) -> bool:
+        # DRF picks its parser from the Content-Type and its renderer from Accept: only the spellings that
+        # surely mean JSON both ways are answered here.
+        return (
+            0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            and environ.get("CONTENT_TYPE", "").lower() in _JSON_CONTENT_TYPES
+            and _accepts_plain_json(environ.get("HTTP_ACCEPT"))
+        )
 
-    @staticmethod
-    def _may_answer(environ) -> bool:
-        """Whether the request is one this path can answer as Django would (before reading the body)."""
-        if environ.get("REQUEST_METHOD") != "POST":
-            return False
-        # Tokens are DRF's business: with inference auth on, or a token to check, Django answers.
-        if settings.GRIDNODE_AUTH_INFERENCE or "HTTP_AUTHORIZATION" in environ:
-            return False
-        # DRF reads `?format=` to pick the renderer (a 404 for one it does not know) and Django decodes the
-        # query its own way (the last of repeated keys, percent-escapes): rather than mirror that, a request
-        # with any query string goes to Django; inference clients send none.
-        if environ.get("QUERY_STRING"):
-            return False
-        if environ.get("CONTENT_TYPE", "").lower() not in _JSON_CONTENT_TYPES:
-            return False
-        if not _accepts_plain_json(environ.get("HTTP_ACCEPT")):
-            return False
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return False
-        if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return False
-        return host_allowed(environ)
-
-    def _answer(self, environ, model_id: str, body: bytes) -> bytes | None:
+    def answer(self, environ, match: re.Match, length: int) -> Answer | None:
         """The rendered success answer, or None when Django should answer (an error, or anything odd).
 
         The model runs at most once: when its run fails, the outcome goes to Django in the environ
         (inference.FAST_PATH_OUTCOME), which renders the error from it without running it again.
         """
-        # The same connection bookkeeping as Django's handler: close connections past their age or broken.
-        signals.request_started.send(sender=self.__class__, environ=environ)
+        body = self.read_body(environ, length)
+        model_id = match.group(1)
         try:
             try:
                 model = services.model_for_inference(model_id=check_object_id(model_id, "model_id"))
@@ -135,18 +98,14 @@ class InferenceFastPath:
                 if outcome.ran or outcome.status != 400:
                     environ[inference.FAST_PATH_OUTCOME] = outcome
                 return None
-            return orjson.dumps(inference.answer(model_id=model_id, body=None, ran=outcome), default=self._default)
+            payload = orjson.dumps(inference.answer(model_id=model_id, body=None, ran=outcome), default=self._default)
         except Exception:
             logger.exception("the inference fast path failed")
             return None
-        finally:
-            signals.request_finished.send(sender=self.__class__)
+        return 200, "application/json", _HEADERS, payload
 
+    def endpoint(self, path: str) -> str:
+        return "model-inference-alias" if path.startswith("/models/") else "model-inference"
 
-def _observe(path: str, model_id: str, seconds: float) -> None:
-    """Count, time and log the request as the middleware would have, under the route Django resolves."""
-    endpoint = "model-inference-alias" if path.startswith("/models/") else "model-inference"
-    try:
-        observe_request(method="POST", path=path, endpoint=endpoint, status=200, seconds=seconds, model_id=model_id)
-    except Exception:  # telemetry never fails a request that was answered
-        logger.exception("recording request metrics failed")
+    def log_fields(self, match: re.Match) -> dict:
+        return {"model_id": match.group(1)}

@@ -136,7 +136,7 @@ def test_the_2019_client_runs_inference_on_serialized_data(node, mlp_jit, route)
     status, content = send(node, prepared)  # answered by the fast path
     assert status == 200
     assert content.isascii()
-    assert send(node.django_app, prepared) == (status, content)  # Django alone answers the same bytes
+    assert send(node.app, prepared) == (status, content)  # Django alone answers the same bytes
 
     prediction = read_2019(content)["prediction"].encode(LATIN1)
     assert torch.allclose(torch.load(io.BytesIO(prediction)), expected_mlp())
@@ -147,7 +147,7 @@ def test_json_predictions_are_rendered_as_before(node, mlp_jit):
     prepared = requests.Request("POST", f"{NODE}/model/mlp", json={"data": X}).prepare()
     status, content = send(node, prepared)
     assert status == 200
-    assert send(node.django_app, prepared) == (status, content)
+    assert send(node.app, prepared) == (status, content)
     assert content.startswith(b'{"success":true,"status":true,"prediction":[[')
     assert torch.allclose(torch.tensor(json.loads(content)["prediction"]), expected_mlp())
 

@@ -81,7 +81,7 @@ def node(serve, mlp_jit):
     from gridnode.wsgi import application
 
     serve("jit", mlp_jit, allow_remote_inference=True, allow_download=True)
-    behind = RecordingApp(application.django_app)
+    behind = RecordingApp(application.app)
     return InferenceFastPath(behind), behind
 
 
@@ -142,7 +142,7 @@ def test_it_leaves_odd_accept_spellings_to_django_or_answers_them_alike(node, ac
     fast, _ = node
 
     assert answer(fast, "/model/jit", "", "application/json", accept) == answer(
-        fast.django_app.app, "/model/jit", "", "application/json", accept
+        fast.app.app, "/model/jit", "", "application/json", accept
     )
 
 
