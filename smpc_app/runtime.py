@@ -314,9 +314,9 @@ def exchange_authorize(label: nodeauth.MessageLabel) -> None:
     if label.round != 0:
         return
     if label.party != 0 or not trust.is_registered_as(
-        public_key=label.sender, model_id=label.model_id, role=NodeAssignment.Role.WORKER, position=0
+        public_key=label.sender, model_id=label.model_id, role=NodeAssignment.Role.WORKER, position=0, our_party=1
     ):
-        raise Forbidden(f"The signing node is not party 0 of '{label.model_id}' on this node.")
+        raise Forbidden(f"The signing node is not party 0 of '{label.model_id}', or this node is not its party 1.")
     _prune(ExchangeSession)
     try:
         with transaction.atomic():

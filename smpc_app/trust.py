@@ -50,9 +50,12 @@ def trusted_keys(urls) -> dict[str, str]:
     return dict(TrustedNode.objects.filter(url__in=list(urls)).values_list("url", "public_key"))
 
 
-def is_registered_as(*, public_key: str, model_id: str, role: str, position: int) -> bool:
-    """Whether `public_key` is the trusted key of the node a registration names at (role, position); one query."""
-    urls = NodeAssignment.objects.filter(registration__model_id=model_id, role=role, position=position).values(
-        "node__url"
-    )
-    return TrustedNode.objects.filter(public_key=public_key, url__in=urls).exists()
+def is_registered_as(*, public_key: str, model_id: str, role: str, position: int, our_party: int | None = None) -> bool:
+    """Whether `public_key` is the trusted key of the node a registration names at (role, position), and,
+    with `our_party`, whether this node holds that party's worker share of the model; one query."""
+    assignments = NodeAssignment.objects.filter(registration__model_id=model_id, role=role, position=position)
+    if our_party is not None:
+        assignments = assignments.filter(
+            registration__share__role=NodeAssignment.Role.WORKER, registration__share__party=our_party
+        )
+    return TrustedNode.objects.filter(public_key=public_key, url__in=assignments.values("node__url")).exists()
