@@ -204,15 +204,15 @@ def prediction_payload(output, encoding: str):
 
 
 def _v2_infer(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
-    from models_app import v2  # v2 imports this module
+    from models_app import v2_inference  # it imports this module
 
-    return v2.infer_answer(loaded, model_id, body, blobs)
+    return v2_inference.infer_answer(loaded, model_id, body, blobs)
 
 
 def _v2_metadata(loaded: LoadedModel, model_id: str, body: dict, blobs: list[bytes]) -> tuple[int, str, dict, bytes]:
-    from models_app import v2
+    from models_app import v2_inference
 
-    return v2.metadata_answer(loaded, model_id, body, blobs)
+    return v2_inference.metadata_answer(loaded, model_id, body, blobs)
 
 
 # What an inference process can be asked to do (models_app/executor_pool.py): name -> function of the

@@ -7,7 +7,7 @@ asked to; hosted models have the one version "1".
 from django.urls import re_path
 
 from gridnode import health
-from models_app.v2 import OpenInferenceViewSet
+from models_app.v2_views import OpenInferenceViewSet
 
 MODEL = r"v2/models/(?P<model_id>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
