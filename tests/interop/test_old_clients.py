@@ -17,7 +17,7 @@ import torch
 from urllib3.fields import RequestField
 from urllib3.filepost import encode_multipart_formdata
 
-from tests.interop.conftest import X, expected_mlp
+from tests.conftest import X, expected_mlp
 from tests.wsgi import call_wsgi
 
 pytestmark = pytest.mark.django_db

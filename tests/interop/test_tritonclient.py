@@ -6,7 +6,7 @@ import torch
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.interop.conftest import X, expected_mlp
+from tests.conftest import X, expected_mlp
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

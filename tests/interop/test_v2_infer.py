@@ -8,8 +8,7 @@ import orjson
 import pytest
 import torch
 
-from tests.conftest import jit_bytes, plan_bytes
-from tests.interop.conftest import X, expected_mlp
+from tests.conftest import X, expected_mlp, jit_bytes, plan_bytes
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ import pytest
 
 from gridnode.observability import JsonLineFormatter
 from models_app import services
-from tests.interop.conftest import X
+from tests.conftest import X
 
 pytestmark = pytest.mark.django_db
 

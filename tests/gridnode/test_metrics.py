@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.interop.conftest import X
+from tests.conftest import X
 
 pytestmark = pytest.mark.django_db
 
