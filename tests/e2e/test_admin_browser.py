@@ -17,7 +17,7 @@ from django.contrib import admin
 
 from datasets_app.models import Dataset
 from models_app.models import HostedModel
-from tests.interop.conftest import X
+from tests.conftest import X
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
