@@ -29,6 +29,7 @@ from pathlib import Path
 
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage, storages
@@ -131,7 +132,7 @@ class ObjectReader(io.RawIOBase):
     def __init__(self, client, bucket: str, key: str, size: int, etag: str | None):
         self._client, self._bucket, self._key, self._size, self._etag = client, bucket, key, size, etag
         self._position = 0
-        self._body = None
+        self._body: StreamingBody | None = None
 
     def readable(self) -> bool:
         return True
@@ -200,11 +201,9 @@ def copy_path(name: str, sha256: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The sha256 of a file, read through one buffer (no allocation per chunk)."""
     with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def local_copy(name: str, sha256: str) -> Path:

@@ -181,3 +181,48 @@ def test_a_cut_upload_through_nginx_leaves_no_object_and_no_row(replicas, object
         assert request(replica.url, "GET", "/models")[1] == {"success": True, "models": []}
     assert object_store.keys(replicas.prefix) == []
     assert object_store.pending_uploads(replicas.prefix) == []
+
+
+def test_scripts_serve_is_the_proxy_of_several_replicas(replicas):
+    """scripts/serve with GRIDNODE_UPSTREAMS runs nginx alone in front of the replicas, and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.production.stack import free_port, healthz_status
+    from tests.servers import REPO
+
+    bind = f"127.0.0.1:{free_port()}"
+    env = {
+        **replicas.environment,
+        "GRIDNODE_DATA_DIR": str(replicas.root / "serve-proxy"),
+        "GRIDNODE_RUN_DIR": str(replicas.root / "serve-run"),
+        "GRIDNODE_PUBLIC_BIND": bind,
+        "GRIDNODE_UPSTREAMS": " ".join(replica.url.removeprefix("http://") for replica in replicas.replicas),
+    }
+    log = replicas.root / "serve.log"
+    with open(log, "wb") as output:
+        proxy = subprocess.Popen(
+            ["./scripts/serve"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://{bind}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proxy.poll() is None, log.read_text()
+            try:
+                if healthz_status(url, timeout=1) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        serve(url, "proxied", scaled_mlp(2.0))
+        assert predict(url, "proxied")[1]["prediction"] == [[6.0], [7.0]]
+    finally:
+        if proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+        code = proxy.wait(timeout=60)
+    assert code == 0, log.read_text()
+    assert "proxying" in log.read_text()
+    assert not (replicas.root / "serve-proxy" / "gridnode.sqlite3").exists()  # it never migrated a database
