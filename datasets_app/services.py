@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import torch
 from django.conf import settings
@@ -140,7 +141,7 @@ def tensor_stage(*, upload=None, content: bytes | None = None, dtype: str | None
     return StagedTensor(**vars(staged), shape=shape, dtype=actual)
 
 
-def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
+def _load_one_tensor(source: Path | IO[bytes]) -> torch.Tensor:
     """The single dense CPU tensor in a `torch.save` file, never unpickling arbitrary objects."""
     _check_packing(source)
     try:
@@ -163,7 +164,7 @@ def _load_one_tensor(source: Path | io.IOBase) -> torch.Tensor:
     return value
 
 
-def _check_packing(source: Path | io.IOBase) -> None:
+def _check_packing(source: Path | IO[bytes]) -> None:
     """A 400 for a zip whose directory declares more than a dataset may hold: torch.load allocates it
     (a memory map cannot serve a deflated entry, so even a file on disk would be read whole)."""
     with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as file:
@@ -261,7 +262,7 @@ def dataset_list(*, tags: Iterable[str] = ()) -> QuerySet[Dataset]:
             Tagging.objects.filter(tag__name__in=names)
             .values("dataset_id")
             .annotate(matched=Count("tag_id"))
-            .filter(matched=len(names))
+            .filter(matched=len(names))  # type: ignore[misc]  # django-stubs misses an annotate() after values()
             .values("dataset_id")
         )
         datasets = datasets.filter(pk__in=carrying_all)
@@ -278,8 +279,9 @@ def dataset_for_download(*, dataset_id: str) -> Dataset:
 
 def dataset_tensor(*, dataset: Dataset) -> torch.Tensor:
     """The stored tensor of a dataset, memory-mapped when the storage is a local disk."""
+    source: Path | IO[bytes]
     try:
-        source = Path(default_storage.path(dataset.data.name))
+        source = Path(default_storage.path(cast(str, dataset.data.name)))  # a stored dataset has its file
     except NotImplementedError:
         source = io.BytesIO(dataset.read_stored())
     if isinstance(source, Path) and not source.exists():

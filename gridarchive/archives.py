@@ -35,7 +35,7 @@ import pickletools
 import re
 import warnings
 import zipfile
-from typing import IO
+from typing import IO, cast
 
 import torch
 
@@ -309,7 +309,7 @@ def _is_size_expression(text: str) -> bool:
 
 
 def _size_call_arguments(call: ast.Call) -> bool:
-    name = call.func.id
+    name = cast(ast.Name, call.func).id  # the caller accepts calls of a name only
     for keyword in call.keywords:
         value = keyword.value
         if keyword.arg is None or not isinstance(value, ast.Constant):

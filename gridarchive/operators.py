@@ -53,6 +53,7 @@ into the model's own state" below.
 import functools
 import math
 import operator
+from typing import cast
 
 import torch
 from torch.export.graph_signature import InputKind, OutputKind
@@ -595,7 +596,10 @@ def check_script_module(module: torch.jit.ScriptModule) -> None:
             (call if name == "forward" or name.startswith(("pre-hook:", "hook:")) else others).append(inlined)
         walks.append((f"self.{path}" if path else "self", call, others))
     # Every operator is known to be allowed (no call is left to resolve) before the state is traced.
-    module_types = {submodule._c._type().qualified_name() for submodule in module.modules()}
+    # module.modules() is typed as plain Modules; those of a ScriptModule are ScriptModules.
+    module_types = {
+        cast(torch.jit.ScriptModule, submodule)._c._type().qualified_name() for submodule in module.modules()
+    }
     for self_name, call, others in walks:
         for graphs in ([call] if call else []) + [[graph] for graph in others]:
             write = _first_state_write_in_script(graphs, self_name=self_name, module_types=module_types)
@@ -846,7 +850,7 @@ def _schema_plan(schema) -> tuple[tuple[int, ...], tuple, bool]:
     for all of them); and whether a call can neither write nor pass anything on (most operators:
     arithmetic on sizes, new tensors), so a walk may skip it."""
     written = tuple(index for index, argument in enumerate(schema.arguments) if _is_written(argument))
-    returns = []
+    returns: list[tuple[tuple[tuple[int, ...], ...] | None, frozenset[int] | None]] = []
     name = schema.name
     for returned in schema.returns:
         info = returned.alias_info
@@ -993,8 +997,8 @@ class _ScriptStateWalk:
             carried = [key(value, tag) for value in inputs[2:]]
             parameters = [key(value, tag) for value in list(body.inputs())[1:]]
             self.block(body, tag)
-            returned = [key(value, tag) for value in list(body.outputs())[1:]]
-            for start, parameter, result, output in zip(carried, parameters, returned, outputs, strict=True):
+            results = [key(value, tag) for value in list(body.outputs())[1:]]
+            for start, parameter, result, output in zip(carried, parameters, results, outputs, strict=True):
                 for source, target in ((start, parameter), (result, parameter), (start, output), (result, output)):
                     flow.edge(_ALIAS, source, target)
         elif kind in _CONSTRUCTS:
@@ -1055,7 +1059,7 @@ def _is_training_flag(value: torch._C.Value, module_types: set[str]) -> bool:
     if node.kind() != "prim::GetAttr" or node.s("name") != "training":
         return False
     owner = node.inputsAt(0).type()
-    return owner.kind() == "ClassType" and owner.qualified_name() in module_types
+    return owner.kind() == "ClassType" and cast(torch._C.ClassType, owner).qualified_name() in module_types
 
 
 def _static_bool(value: torch._C.Value, module_types: set[str]) -> bool | None:
@@ -1154,7 +1158,8 @@ def _flow_through_fx_call(flow: _StateFlow, graph_module, node: torch.fx.Node, n
     subgraphs = []
     if isinstance(target, torch._ops.HigherOrderOperator):
         for operand in operands:
-            called = _fx_attribute(graph_module, operand.target) if operand.op == "get_attr" else None
+            # A get_attr node's target is the attribute's dotted path.
+            called = _fx_attribute(graph_module, cast(str, operand.target)) if operand.op == "get_attr" else None
             if isinstance(called, torch.fx.GraphModule):
                 subgraphs.append((operand, called))
     if not subgraphs:
@@ -1197,7 +1202,7 @@ def _fx_flag_is_false(values: list, index: int) -> bool:
 
 def _fx_attribute(graph_module: torch.fx.GraphModule, target: str):
     """The object a get_attr node names (a dotted path below the graph module), or None."""
-    found = graph_module
+    found: object = graph_module
     for part in target.split("."):
         found = getattr(found, part, None)
     return found

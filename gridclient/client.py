@@ -1,5 +1,6 @@
 """`GridNodeClient`: every endpoint of a grid node as a Python method taking and giving torch objects."""
 
+import functools
 import io
 import json
 import os
@@ -7,7 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from gridclient import tensors
 from gridclient.errors import DATASETS, MODELS, ModelNotScriptable, ModelRefused, PermissionDenied, ServerError
@@ -149,19 +150,21 @@ class GridNodeClient:
         keeps what was written before the limit was passed).
         """
         path = f"/get_model/{path_segment(model_id)}"
-        options = {
-            "kinds": MODELS,
-            "progress": self._progress(progress),
-            "description": f"download {model_id}",
-            "max_bytes": max_bytes,
-        }
+        download = functools.partial(
+            self._transport.download,
+            path,
+            kinds=MODELS,
+            progress=self._progress(progress),
+            description=f"download {model_id}",
+            max_bytes=max_bytes,
+        )
         if hasattr(destination, "write"):
-            return self._transport.download(path, destination, **options)
+            return download(cast(BinaryIO, destination))  # a file object (hasattr does not narrow the union)
         target = Path(destination)
         handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
             with os.fdopen(handle, "wb") as file:
-                size = self._transport.download(path, file, **options)
+                size = download(file)
             os.replace(partial, target)
         except BaseException:
             Path(partial).unlink(missing_ok=True)

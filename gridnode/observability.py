@@ -172,8 +172,8 @@ def metrics(request):
 
 
 # The labelled series of each (method, endpoint, status) seen, so a request skips the label lookups.
-_request_series: dict[tuple[str, str, int], tuple] = {}
-_inference_series: dict[str, object] = {}
+_request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+_inference_series: dict[str, Histogram] = {}
 
 
 def observe_request(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, ClassVar, cast
 
 import torch
 
@@ -79,7 +79,7 @@ def seekable(stored) -> IO[bytes]:
     """The plain file object behind a storage file; torch's loaders only take real buffers."""
     inner = getattr(stored, "file", None)
     if isinstance(inner, io.IOBase) and inner.seekable():
-        return inner
+        return cast(IO[bytes], inner)  # a storage file's file is opened in binary mode
     return io.BytesIO(stored.read())
 
 
@@ -123,13 +123,16 @@ def load_archive(source: IO[bytes], kind: str, *, max_unpacked_bytes: int | None
     with refusals_as_bad_request():
         loaded = rules.load_checked(source, kind, max_unpacked_bytes=limit)
     if kind == PLAN:
-        placeholders = {node.name: node for node in loaded.graph.nodes if node.op == "placeholder"}
+        program = cast(torch.export.ExportedProgram, loaded)  # what a PLAN archive loads as
+        placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
         dtypes = []
-        for name in loaded.graph_signature.user_inputs:
+        for name in program.graph_signature.user_inputs:
             value = placeholders[name].meta.get("val") if name in placeholders else None
             dtypes.append(getattr(value, "dtype", None))
-        return LoadedModel(kind=PLAN, module=loaded.module(), input_count=len(dtypes), input_dtypes=dtypes)
+        return LoadedModel(kind=PLAN, module=program.module(), input_count=len(dtypes), input_dtypes=dtypes)
+    script = cast(torch.jit.ScriptModule, loaded)  # what a JIT archive loads as
     # Eval mode is what makes a module's `if self.training:` branches dead (see gridarchive.operators).
-    loaded.eval()
-    input_count = len(loaded.forward.schema.arguments) - 1  # less `self`
-    return LoadedModel(kind=JIT, module=loaded, input_count=input_count, input_dtypes=[None] * input_count)
+    script.eval()
+    forward = cast(torch._C.ScriptMethod, script.forward)  # a compiled method, typed as a plain callable
+    input_count = len(forward.schema.arguments) - 1  # less `self`
+    return LoadedModel(kind=JIT, module=script, input_count=input_count, input_dtypes=[None] * input_count)

@@ -98,7 +98,9 @@ class InferenceFastPath(FastPath):
                 if outcome.ran or outcome.status != 400:
                     environ[inference.FAST_PATH_OUTCOME] = outcome
                 return None
-            payload = orjson.dumps(inference.answer(model_id=model_id, body=None, ran=outcome), default=self._default)
+            # `body` is read only when nothing ran yet; here the model already ran (`ran`).
+            answer = inference.answer(model_id=model_id, body=lambda: inference.json_body(body), ran=outcome)
+            payload = orjson.dumps(answer, default=self._default)
         except Exception:
             logger.exception("the inference fast path failed")
             return None

@@ -8,6 +8,7 @@ fresh. Biases are shared additively with 32 fractional bits, the scale of a prod
 """
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,10 +41,12 @@ def split_model(module: nn.Module, input_shape) -> SharedModel:
     spec = ModelSpec.from_sequential(module, input_shape)
     worker_parts: tuple[dict, dict] = ({}, {})
     provider_part: dict[str, torch.Tensor] = {}
-    for index, (layer, child) in enumerate(zip(spec.layers, module, strict=True)):
+    sequential = cast(nn.Sequential, module)  # from_sequential refused anything else
+    for index, (layer, child) in enumerate(zip(spec.layers, sequential, strict=True)):
         if layer.kind not in WEIGHTED:
             continue
-        weights = ring.encode(weight_matrix(child))
+        weighted = cast(nn.Linear | nn.Conv2d, child)  # the spec's weighted layers are made from these alone
+        weights = ring.encode(weight_matrix(weighted))
         mask = ring.random_ring(weights.shape)
         masked = weights - mask
         mask_shares = ring.share(mask)
@@ -51,8 +54,8 @@ def split_model(module: nn.Module, input_shape) -> SharedModel:
         for party in (0, 1):
             worker_parts[party][tensor_name(index, MASKED_WEIGHT)] = masked
             worker_parts[party][tensor_name(index, WEIGHT_MASK)] = mask_shares[party]
-        if layer.settings["bias"]:
-            bias_shares = ring.share(ring.encode(child.bias.detach(), 2 * ring.FRACTION_BITS))
+        if weighted.bias is not None:  # what the spec's "bias" setting was made from
+            bias_shares = ring.share(ring.encode(weighted.bias.detach(), 2 * ring.FRACTION_BITS))
             for party in (0, 1):
                 worker_parts[party][tensor_name(index, BIAS)] = bias_shares[party]
     return SharedModel(spec=spec, worker_parts=worker_parts, provider_part=provider_part)

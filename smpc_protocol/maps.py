@@ -39,7 +39,7 @@ def add_bias(layer: Layer, outputs: torch.Tensor, bias: torch.Tensor) -> torch.T
     return outputs + bias
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
+def weight_matrix(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """A Linear's or Conv2d's weights as the (inputs, outputs) matrix that `product` multiplies by."""
     weight = module.weight.detach()
     if isinstance(module, nn.Conv2d):

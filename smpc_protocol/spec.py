@@ -163,6 +163,7 @@ def _layer_from_json(value, index: int) -> Layer:
     if keys != _LAYER_KEYS[kind]:
         raise SpecError(f"layer {index} ({kind}) must have exactly these settings: {sorted(_LAYER_KEYS[kind])}")
     where = f"layers[{index}]"
+    settings: dict[str, int | bool | list[int]]
     if kind == LINEAR:
         settings = {
             "in_features": _positive_int(value["in_features"], f"{where}.in_features", MAX_DIMENSION),

@@ -92,8 +92,8 @@ def unpack(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         if end > len(view):
             raise WireError("the message body is shorter than its header says")
         tensor = torch.frombuffer(bytearray(view[offset:end]), dtype=torch.int64) if count else torch.zeros(0)
-        if sys.byteorder != "little":
-            tensor = tensor.byteswap()  # pragma: no cover - every supported platform is little-endian
+        if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+            tensor = torch.from_numpy(tensor.numpy().byteswap())
         tensors[name] = tensor.to(torch.int64).reshape(shape)
         offset = end
     if offset != len(view):
