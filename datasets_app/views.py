@@ -10,57 +10,15 @@ from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNeg
 from rest_framework.response import Response
 
 from datasets_app import services
-from datasets_app.serializers import DatasetSerializer
+from datasets_app.serializers import INVALID_PAYLOAD, CreateDatasetBody, DatasetSerializer, SearchBody
 from gridnode.auth import DOWNLOAD, READ, WRITE, requires
 from gridnode.errors import BadRequest
-from gridnode.http import (
-    JSON,
-    LATIN1,
-    body_field,
-    check_object_id,
-    decode_text,
-    encode_bytes,
-    is_upload,
-    parse_bool,
-    parse_encoding,
-)
-from gridnode.schema import (
-    BOOLEAN_FIELD,
-    ENCODING_FIELD,
-    EXAMPLE_DATASET_ID,
-    OBJECT_ID_SCHEMA,
-    errors,
-    id_parameter,
-    json_form_and_multipart,
-)
+from gridnode.http import JSON, LATIN1, check_object_id, encode_bytes, is_upload, parse_encoding
+from gridnode.schema import EXAMPLE_DATASET_ID, errors, id_parameter
 from gridnode.tensors import tensor_to_json
 from gridnode.uploads import limit_file_parts
 
-INVALID_PAYLOAD = "Invalid payload format"
-
-
-_CREATE_BODY = {
-    "type": "object",
-    "properties": {
-        "id": {**OBJECT_ID_SCHEMA, "description": f"{OBJECT_ID_SCHEMA['description']}; a uuid4 when absent."},
-        "tags": {"type": "array", "items": {"type": "string"}, "description": "1-100 characters each."},
-        "description": {"type": "string"},
-        "allow_download": BOOLEAN_FIELD,
-        "encoding": {**ENCODING_FIELD, "description": "json (the default for arrays), ISO-8859-1 or base64."},
-        "data": {
-            "description": "The tensor: a (nested) JSON array of numbers, or torch.save bytes as text under"
-            " 'encoding'.",
-        },
-        "dtype": {"type": "string", "description": "The dtype of JSON data (default float32)."},
-    },
-    "required": ["data"],
-}
 _DATASET_ID = id_parameter("dataset_id", EXAMPLE_DATASET_ID, "The dataset's id")
-_SEARCH_BODY = {
-    "type": "object",
-    "properties": {"query": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
-    "required": ["query"],
-}
 _INVALID_PAYLOAD = 'Not JSON, no `query`, or not a non-empty list of strings: `{"error": "Invalid payload format"}`.'
 
 
@@ -94,7 +52,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
         operation_id="create_dataset",
         summary="Store one tensor with its tags, description and download permission (group: write).",
         tags=["datasets"],
-        request=json_form_and_multipart(_CREATE_BODY, files=("data",)),
+        request=CreateDatasetBody,
         examples=[
             OpenApiExample(
                 "Rows as JSON",
@@ -109,20 +67,15 @@ class DatasetViewSet(viewsets.GenericViewSet):
     def create(self, request):
         """POST /datasets: store one tensor with its tags, description and download permission."""
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_DATASET_BYTES, what="dataset")
-        data = request.data
-        raw_id = body_field(data, "id")
-        dataset_id = None if raw_id is None or raw_id == "" else check_object_id(raw_id, "id")
-        tags = services.tags_check(tags=_tags_field(data))
-        description = services.description_check(description=body_field(data, "description"))
-        allow_download = parse_bool(body_field(data, "allow_download"), "allow_download")
-        if dataset_id is not None:
-            services.dataset_id_available(dataset_id=dataset_id)
+        body = CreateDatasetBody.parse(request.data)
+        if body["id"] is not None:
+            services.dataset_id_available(dataset_id=body["id"])
         dataset = services.dataset_create(
-            dataset_id=dataset_id,
-            tags=tags,
-            description=description,
-            allow_download=allow_download,
-            staged=_staged_data(data),
+            dataset_id=body["id"],
+            tags=body["tags"],
+            description=body["description"],
+            allow_download=body["allow_download"],
+            staged=_staged_tensor(body["data"], dtype=body["dtype"]),
             uploaded_by=request.user,
         )
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
@@ -251,7 +204,7 @@ class DatasetSearchViewSet(viewsets.ViewSet):
         summary='{"content": true} when one dataset matches every term: a tag, its id, or a substring of its'
         " description (group: read). The body is read as JSON whatever its Content-Type.",
         tags=["datasets"],
-        request={"application/json": _SEARCH_BODY},
+        request=SearchBody,
         examples=[OpenApiExample("Two tags", value={"query": ["#demo", "#train"]}, request_only=True)],
         responses={
             200: {"type": "object", "properties": {"content": {"type": "boolean"}}, "required": ["content"]},
@@ -272,36 +225,14 @@ def _search_terms(request) -> list[str]:
         body = json.loads(request.body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
         raise BadRequest(INVALID_PAYLOAD) from None
-    query = body.get("query") if isinstance(body, dict) else None
-    if not isinstance(query, list) or not query or not all(isinstance(term, str) for term in query):
-        raise BadRequest(INVALID_PAYLOAD)
-    return query
+    return SearchBody.parse(body)["query"]
 
 
-def _tags_field(data):
-    """`tags` as a JSON list, or as repeated form/multipart fields."""
-    if hasattr(data, "getlist"):
-        return data.getlist("tags")
-    return body_field(data, "tags")
-
-
-def _staged_data(data) -> services.StagedTensor:
-    """The one tensor in `data`: a multipart file, torch.save bytes under an `encoding`, or a JSON array."""
-    value = body_field(data, "data")
-    if value is None or value == "":
-        raise BadRequest("'data' is required.")
-    dtype = services.dtype_check(dtype=body_field(data, "dtype"))
-    if is_upload(value):
-        return services.tensor_stage(upload=value, dtype=dtype)
-    encoding = parse_encoding(body_field(data, "encoding"), allow_json=True)
-    if encoding != JSON:
-        if not isinstance(value, str):
-            raise BadRequest(f"'data' must be text under the {encoding} encoding.")
-        return services.tensor_stage(content=decode_text(value, encoding, "data"), dtype=dtype)
-    if isinstance(value, str):
-        # Forms carry the JSON array as text.
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise BadRequest("'data' is neither a JSON array nor text under an 'encoding'.") from None
-    return services.tensor_stage_json(value=value, dtype=dtype)
+def _staged_tensor(data, *, dtype: str | None) -> services.StagedTensor:
+    """The body's tensor (CreateDatasetBody.data) checked and staged: a file part, torch.save bytes, or
+    a JSON array."""
+    if is_upload(data):
+        return services.tensor_stage(upload=data, dtype=dtype)
+    if isinstance(data, bytes):
+        return services.tensor_stage(content=data, dtype=dtype)
+    return services.tensor_stage_json(value=data, dtype=dtype)

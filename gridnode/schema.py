@@ -7,9 +7,11 @@ The views describe themselves with `extend_schema`; this module only holds what 
 import copy
 
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import build_media_type_object, force_instance
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 
-from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
+from gridnode.fields import BOOLEAN_SCHEMA, ENCODING_SCHEMA, OBJECT_ID_SCHEMA, RequestBody
+from gridnode.http import OBJECT_ID_RULE
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -26,16 +28,9 @@ ERROR_SCHEMA = {
     "required": ["error"],
 }
 
-OBJECT_ID_SCHEMA = {"type": "string", "pattern": f"^{OBJECT_ID_RE.pattern}$", "description": OBJECT_ID_RULE}
-BOOLEAN_FIELD = {
-    "description": "JSON true/false, or the text True/False/true/false/1/0 (forms); default false.",
-    "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["True", "False", "true", "false", "1", "0"]}],
-}
-ENCODING_FIELD = {
-    "type": "string",
-    "description": "How binary content was made text: ISO-8859-1 (also latin-1, latin1) or base64.",
-    "example": "ISO-8859-1",
-}
+# For bodies still described by hand (smpc_app's): a RequestBody's fields describe themselves (gridnode.fields).
+BOOLEAN_FIELD = BOOLEAN_SCHEMA
+ENCODING_FIELD = ENCODING_SCHEMA
 
 # What each status means on this node (api.md: "Every error").
 _MEANINGS = {
@@ -138,7 +133,27 @@ def _as_form_field(field: dict) -> dict:
 
 
 class GridAutoSchema(AutoSchema):
-    """drf-spectacular's AutoSchema, giving an alias path its own operation id (`<seed route's id>_alias`)."""
+    """drf-spectacular's AutoSchema, giving an alias path its own operation id (`<seed route's id>_alias`),
+    and describing a RequestBody (gridnode.fields) as its JSON, multipart and form bodies, inline."""
+
+    def _get_request_body(self, direction="request"):
+        body = force_instance(self.get_request_serializer()) if self.method in ("PUT", "PATCH", "POST") else None
+        if not isinstance(body, RequestBody):
+            return super()._get_request_body(direction)
+        # The fields' own schemas (gridnode.fields.BodyFieldSchema), inline rather than as a component: the
+        # form and multipart bodies differ from the JSON one (text fields, file parts).
+        json_schema = self._map_serializer(body, direction)
+        bodies = (
+            json_form_and_multipart(json_schema, files=body.file_fields())
+            if body.forms
+            else {"application/json": json_schema}
+        )
+        return {
+            "content": {
+                media_type: build_media_type_object(schema, self._get_examples(schema, direction, media_type))
+                for media_type, schema in bodies.items()
+            }
+        }
 
     def _is_list_view(self, serializer=None):
         # A list action described by a raw JSON schema (`{"models": [...]}`) is that object, not an array of it.

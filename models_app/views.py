@@ -12,30 +12,12 @@ from rest_framework.response import Response
 
 from gridnode.auth import DOWNLOAD, INFERENCE, READ, WRITE, requires
 from gridnode.errors import BadRequest
-from gridnode.http import (
-    LATIN1,
-    FastJSONRenderer,
-    body_field,
-    check_object_id,
-    decode_text,
-    encode_bytes,
-    is_upload,
-    parse_bool,
-    parse_encoding,
-)
-from gridnode.schema import (
-    BOOLEAN_FIELD,
-    ENCODING_FIELD,
-    EXAMPLE_MODEL_ID,
-    OBJECT_ID_SCHEMA,
-    error_with,
-    errors,
-    id_parameter,
-    json_form_and_multipart,
-)
+from gridnode.http import LATIN1, FastJSONRenderer, check_object_id, encode_bytes, is_upload, parse_encoding
+from gridnode.schema import EXAMPLE_MODEL_ID, error_with, errors, id_parameter
 from gridnode.uploads import limit_file_parts
 from models_app import inference, services
-from models_app.archives import JIT, PLAN
+from models_app.archives import PLAN
+from models_app.serializers import DeleteModelBody, InferenceBody, ServeModelBody
 
 
 class ArchiveRenderer(renderers.BaseRenderer):
@@ -63,34 +45,6 @@ def _message(text: str) -> dict:
     }
 
 
-_SERVE_BODY = {
-    "type": "object",
-    "properties": {
-        "model_id": OBJECT_ID_SCHEMA,
-        "model": {
-            "type": "string",
-            "description": "A torch.jit.save or torch.export.save archive, as text under 'encoding'.",
-        },
-        "encoding": ENCODING_FIELD,
-        "allow_download": BOOLEAN_FIELD,
-        "allow_remote_inference": BOOLEAN_FIELD,
-        "model_type": {"type": "string", "enum": ["jit", "plan", ""], "description": "Must match the archive."},
-    },
-    "required": ["model_id", "model"],
-}
-_DELETE_BODY = {"type": "object", "properties": {"model_id": OBJECT_ID_SCHEMA}, "required": ["model_id"]}
-_INFER_BODY = {
-    "type": "object",
-    "properties": {
-        "data": {
-            "description": "A (nested) JSON array of numbers, a list of them (one per model input), or"
-            " torch.save bytes of a tensor (or list of tensors) as text under 'encoding'.",
-        },
-        "encoding": {**ENCODING_FIELD, "description": "json (the default for arrays), ISO-8859-1 or base64."},
-        "all_outputs": BOOLEAN_FIELD,
-    },
-    "required": ["data"],
-}
 _PREDICTION = {
     "type": "object",
     "properties": {
@@ -139,7 +93,7 @@ class HostedModelViewSet(viewsets.ViewSet):
         operation_id="serve_model",
         summary="Store a TorchScript (jit) or torch.export (plan) archive under a new id (group: write).",
         tags=["models"],
-        request=json_form_and_multipart(_SERVE_BODY, files=("model",)),
+        request=ServeModelBody,
         responses={
             200: _message("Model saved with id: <id>"),
             **errors(400, 401, 409, 413, 415, schema=_NOT_SUCCESS),
@@ -151,31 +105,18 @@ class HostedModelViewSet(viewsets.ViewSet):
     def serve(self, request):
         """POST /serve-model: store a TorchScript or torch.export archive under a new id."""
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_MODEL_BYTES, what="model")
-        data = request.data
-        model_id = check_object_id(body_field(data, "model_id"), "model_id")
-        allow_download = parse_bool(body_field(data, "allow_download"), "allow_download")
-        allow_remote_inference = parse_bool(body_field(data, "allow_remote_inference"), "allow_remote_inference")
-        model_type = body_field(data, "model_type")
-        if model_type not in (None, "", JIT, PLAN):
-            raise BadRequest("'model_type' must be jit or plan.")
-        model = body_field(data, "model")
-        if model is None or model == "":
-            raise BadRequest("'model' is required.")
+        body = ServeModelBody.parse(request.data)
+        model_id, model, model_type = body["model_id"], body["model"], body["model_type"]
         services.model_id_available(model_id=model_id)
         if is_upload(model):
-            staged = _stage_file_part(model, encoding=body_field(data, "encoding"), model_type=model_type)
-        elif isinstance(model, str):
-            encoding = parse_encoding(body_field(data, "encoding"), allow_json=False)
-            if not encoding:
-                raise BadRequest("'model' sent as text needs an 'encoding' (ISO-8859-1 or base64).")
-            staged = services.archive_stage(content=decode_text(model, encoding, "model"), model_type=model_type)
+            staged = _stage_file_part(model, encoding=body["encoding"], model_type=model_type)
         else:
-            raise BadRequest("'model' must be text under an 'encoding', or a multipart file part.")
+            staged = services.archive_stage(content=model, model_type=model_type)
         services.model_serve(
             model_id=model_id,
             staged=staged,
-            allow_download=allow_download,
-            allow_remote_inference=allow_remote_inference,
+            allow_download=body["allow_download"],
+            allow_remote_inference=body["allow_remote_inference"],
             uploaded_by=request.user,
         )
         return Response({"success": True, "message": f"Model saved with id: {model_id}"})
@@ -184,7 +125,7 @@ class HostedModelViewSet(viewsets.ViewSet):
         operation_id="delete_model",
         summary="Delete a model and its archive (group: write).",
         tags=["models"],
-        request=json_form_and_multipart(_DELETE_BODY),
+        request=DeleteModelBody,
         responses={
             200: _message("Model deleted with success!"),
             **errors(400, 401, 404, 413, 415, schema=_NOT_SUCCESS, e404=_MODEL_OR_FORMAT),
@@ -194,7 +135,7 @@ class HostedModelViewSet(viewsets.ViewSet):
     @requires(WRITE)
     def remove(self, request):
         """POST /delete-model: remove a model and its archive."""
-        model_id = check_object_id(body_field(request.data, "model_id"), "model_id")
+        model_id = DeleteModelBody.parse(request.data)["model_id"]
         services.model_delete(model_id=model_id)
         return Response({"success": True, "message": "Model deleted with success!"})
 
@@ -294,7 +235,7 @@ class HostedModelViewSet(viewsets.ViewSet):
         summary="Run the model on the caller's data and answer its prediction (group: inference).",
         tags=["models"],
         parameters=[_MODEL_ID],
-        request=json_form_and_multipart(_INFER_BODY, files=("data",)),
+        request=InferenceBody,
         examples=[
             OpenApiExample(
                 "One row as JSON",
