@@ -1,7 +1,7 @@
 """Operators' view of datasets: tags edited as lines of text, downloads toggled from the list, uploads
 and edits checked by the same services as the API."""
 
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django import forms
 from django.contrib import admin
@@ -82,7 +82,7 @@ class DatasetUploadForm(DatasetForm):
         return dataset_id
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = cast(dict[str, Any], super().clean())  # a ModelForm's clean() answers its cleaned_data
         if self.errors or not cleaned.get("tensor_file"):
             return cleaned
         try:

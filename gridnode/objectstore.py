@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal, cast
 
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -61,7 +62,8 @@ class ObjectStorage(S3Storage):
             connect_timeout=5,
             read_timeout=60,
             retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": settings.GRIDNODE_S3_ADDRESSING_STYLE},
+            # settings.py refuses any other style.
+            s3={"addressing_style": cast(Literal["auto", "virtual", "path"], settings.GRIDNODE_S3_ADDRESSING_STYLE)},
         )
         from boto3.s3.transfer import TransferConfig
 

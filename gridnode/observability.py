@@ -162,7 +162,8 @@ def metrics(request):
         response["Allow"] = "GET, HEAD"
         return response
     if MULTIPROCESS:
-        sync_cache_counters()
+        if sync_cache_counters is not None:  # always, under MULTIPROCESS
+            sync_cache_counters()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         registry.register(StoredObjectsCollector())

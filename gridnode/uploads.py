@@ -11,10 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 from time import perf_counter
+from typing import cast
 
 import orjson
 from django.conf import settings
 from django.core.files import File
+from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
 from django.urls import Resolver404, resolve
 
@@ -80,8 +82,8 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
         return super().receive_data_chunk(raw_data, start)
 
     def file_complete(self, file_size):
-        uploaded = super().file_complete(file_size)
-        uploaded.sha256 = self._digest.hexdigest()
+        uploaded = cast(TemporaryUploadedFile, super().file_complete(file_size))  # this handler's always is one
+        uploaded.sha256 = self._digest.hexdigest()  # type: ignore[attr-defined]  # ours, read back by stage_to_disk
         return uploaded
 
 

@@ -14,6 +14,8 @@ class ThreadWorker(gthread.ThreadWorker):
     connections a process already holds (keep-alive) still queue in that process.
     """
 
+    _accepting: bool  # gthread.ThreadWorker's own (its stubs leave it out)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.running = 0  # requests handed to the thread pool and not finished; only the main thread counts

@@ -1,5 +1,7 @@
 """Operators' view of hosted models: permissions toggled from the list, uploads through the API's rules."""
 
+from typing import Any, cast
+
 from django import forms
 from django.contrib import admin
 from django.template.defaultfilters import filesizeformat
@@ -34,7 +36,7 @@ class HostedModelUploadForm(forms.ModelForm):
         return model_id
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = cast(dict[str, Any], super().clean())  # a ModelForm's clean() answers its cleaned_data
         if self.errors or not cleaned.get("archive_file"):
             return cleaned
         try:
