@@ -5,7 +5,8 @@ The private key is made once, on first use or by `manage.py smpc_identity`, and 
 key (`manage.py smpc_trust add URL KEY` on each of them); a node's key signs only its own messages, so
 a leaked key lets its holder act as that one node, never as another.
 
-Public keys are written as 43 characters of unpadded URL-safe base64 (the 32 raw bytes).
+Public keys are written as 43 characters of unpadded standard base64 (the 32 raw bytes): never with a
+leading "-", which a command line would take for an option.
 """
 
 import base64
@@ -20,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 KEY_FILE = Path("smpc") / "node_key"
-PUBLIC_KEY_RE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
-PUBLIC_KEY_RULE = "43 characters of URL-safe base64 (an Ed25519 public key, as manage.py smpc_identity prints it)"
+PUBLIC_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
+PUBLIC_KEY_RULE = "43 characters of base64 (an Ed25519 public key, as manage.py smpc_identity prints it)"
 _PRIVATE_KEY_BYTES = 32
 
 
@@ -36,7 +37,7 @@ def key_path(data_dir: Path | None = None) -> Path:
 
 def encode_public_key(raw: bytes) -> str:
     """A public key's text form."""
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return base64.b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def decode_public_key(text: str) -> bytes | None:
@@ -44,7 +45,7 @@ def decode_public_key(text: str) -> bytes | None:
     if not isinstance(text, str) or not PUBLIC_KEY_RE.fullmatch(text):
         return None
     try:
-        return base64.urlsafe_b64decode(text + "=")
+        return base64.b64decode(text + "=", validate=True)
     except (binascii.Error, ValueError):
         return None
 

@@ -22,7 +22,7 @@ import threading
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
@@ -318,13 +318,16 @@ def exchange_authorize(label: nodeauth.MessageLabel) -> None:
     ):
         raise Forbidden(f"The signing node is not party 0 of '{label.model_id}', or this node is not its party 1.")
     _prune(ExchangeSession)
-    try:
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as in _session_claim
-            ExchangeSession.objects.create(session_id=label.session_id, model_id=label.model_id, peer_key=label.sender)
-    except IntegrityError:
-        raise Conflict(
-            f"Session {label.session_id} was started on this node before: a message is accepted once."
-        ) from None
+    table = ExchangeSession._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as in _session_claim
+        # One statement, which the unique session id settles: a replay inserts nothing.
+        cursor.execute(
+            f"INSERT INTO {table} (session_id, model_id, peer_key, created_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (session_id) DO NOTHING RETURNING id",
+            [label.session_id, label.model_id, label.sender, timezone.now()],
+        )
+        recorded = cursor.fetchone()
+    if recorded is None:
+        raise Conflict(f"Session {label.session_id} was started on this node before: a message is accepted once.")

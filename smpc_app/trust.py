@@ -3,7 +3,15 @@
 The operator's list (admin, `manage.py smpc_trust`); the API never writes it. A registration may name any
 address (it is a directory clients search), but this node runs a model, calls a node or answers one only
 when the node is on this list, under the key that signs its messages.
+
+Every encrypted inference looks the list up several times, so each process keeps a copy: reloaded when
+a lookup misses (a node just trusted is found at once), after any change made in this process, and
+otherwise at least every TRUST_CACHE_SECONDS (a node removed in another process is trusted there for at
+most that long).
 """
+
+import threading
+import time
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -14,6 +22,49 @@ from smpc_app.identity import PUBLIC_KEY_RULE, is_public_key, node_identity
 from smpc_app.models import NodeAssignment, TrustedNode
 
 TRUSTED_NODE_NOT_FOUND = "This node trusts no node at that address."
+TRUST_CACHE_SECONDS = 5
+
+
+class _TrustList:
+    """This process's copy of the trusted nodes: {url: public key} and {public key: url}."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, str] = {}
+        self._urls: dict[str, str] = {}
+        self._loaded_at: float | None = None
+
+    def clear(self) -> None:
+        """Forget the copy: the next lookup reads the database."""
+        with self._lock:
+            self._loaded_at = None
+
+    def _load(self) -> None:
+        rows = list(TrustedNode.objects.values_list("url", "public_key"))
+        with self._lock:
+            self._keys = dict(rows)
+            self._urls = {key: url for url, key in rows}
+            self._loaded_at = time.monotonic()
+
+    def _fresh(self) -> bool:
+        loaded = self._loaded_at
+        return loaded is not None and time.monotonic() - loaded < TRUST_CACHE_SECONDS
+
+    def keys(self, urls: list[str]) -> dict[str, str]:
+        """The key of each trusted address among `urls`."""
+        if not self._fresh() or any(url not in self._keys for url in urls):
+            self._load()
+        keys = self._keys
+        return {url: keys[url] for url in urls if url in keys}
+
+    def url(self, public_key: str) -> str | None:
+        """The address trusted under `public_key`, or None."""
+        if not self._fresh() or public_key not in self._urls:
+            self._load()
+        return self._urls.get(public_key)
+
+
+trust_list = _TrustList()
 
 
 def trusted_node_add(*, url: str, public_key: str, label: str = "") -> TrustedNode:
@@ -46,16 +97,21 @@ def trusted_node_remove(*, url: str) -> None:
 
 
 def trusted_keys(urls) -> dict[str, str]:
-    """The public key of each of `urls` this node trusts (untrusted ones are left out); one query."""
-    return dict(TrustedNode.objects.filter(url__in=list(urls)).values_list("url", "public_key"))
+    """The public key of each of `urls` this node trusts (untrusted ones are left out)."""
+    return trust_list.keys(list(urls))
 
 
 def is_registered_as(*, public_key: str, model_id: str, role: str, position: int, our_party: int | None = None) -> bool:
     """Whether `public_key` is the trusted key of the node a registration names at (role, position), and,
     with `our_party`, whether this node holds that party's worker share of the model; one query."""
-    assignments = NodeAssignment.objects.filter(registration__model_id=model_id, role=role, position=position)
+    url = trust_list.url(public_key)
+    if url is None:
+        return False
+    assignments = NodeAssignment.objects.filter(
+        registration__model_id=model_id, role=role, position=position, node__url=url
+    )
     if our_party is not None:
         assignments = assignments.filter(
             registration__share__role=NodeAssignment.Role.WORKER, registration__share__party=our_party
         )
-    return TrustedNode.objects.filter(public_key=public_key, url__in=assignments.values("node__url")).exists()
+    return assignments.exists()

@@ -37,7 +37,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('url', models.CharField(help_text="The node's address as registrations name it, an absolute http(s) URL in canonical form.", max_length=2048, unique=True, validators=[smpc_app.addresses.validate_canonical_node_url], verbose_name='URL')),
-                ('public_key', models.CharField(help_text='What `manage.py smpc_identity` prints on that node.', max_length=43, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$', 'A public key is 43 characters of URL-safe base64 (an Ed25519 public key, as manage.py smpc_identity prints it).')])),
+                ('public_key', models.CharField(help_text='What `manage.py smpc_identity` prints on that node.', max_length=43, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]$', 'A public key is 43 characters of base64 (an Ed25519 public key, as manage.py smpc_identity prints it).')])),
                 ('label', models.CharField(blank=True, default='', help_text='A name for operators.', max_length=200)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
             ],

@@ -12,6 +12,16 @@ from tests.smpc_app.helpers import ALICE, BOB, CAROL, CRYPTO, PeerNode
 
 
 @pytest.fixture(autouse=True)
+def fresh_trust_list():
+    """Each test reads the trusted nodes from its own database, never a copy from an earlier test."""
+    from smpc_app.trust import trust_list
+
+    trust_list.clear()
+    yield
+    trust_list.clear()
+
+
+@pytest.fixture(autouse=True)
 def node_folder(settings, data_dir):
     """This node's data folder, where its key pair is made on first use, is the test's own."""
     settings.DATA_DIR = data_dir

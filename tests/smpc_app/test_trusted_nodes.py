@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from smpc_app.identity import is_public_key, node_identity
+from smpc_app.identity import encode_public_key, is_public_key, node_identity
 from smpc_app.models import TrustedNode
 from tests.smpc_app.helpers import BOB
 
@@ -56,7 +56,7 @@ def test_smpc_trust_adds_lists_and_removes_a_node(peers):
     ("arguments", "message"),
     [
         (("add", "ftp://bob.example", "KEY"), "'url' must be an absolute http or https URL"),
-        (("add", BOB, "not-a-key"), "'public_key' must be 43 characters of URL-safe base64"),
+        (("add", BOB, "not-a-key"), "'public_key' must be 43 characters of base64"),
         (("remove", BOB), "This node trusts no node at that address."),
     ],
 )
@@ -115,3 +115,13 @@ def test_a_node_with_the_old_shared_secret_refuses_to_start(tmp_path):
 
     assert started.returncode != 0
     assert "GRIDNODE_SMPC_SECRET is no longer used" in started.stderr
+
+
+@pytest.mark.parametrize("first_byte", [0x00, 0xF8, 0xFC])
+def test_every_key_smpc_identity_can_print_is_taken_on_the_command_line(first_byte):
+    """Keys are standard base64, so none starts with the "-" a command line takes for an option."""
+    key = encode_public_key(bytes([first_byte]) + bytes(range(31)))
+
+    run("smpc_trust", "add", BOB, key)
+
+    assert TrustedNode.objects.get().public_key == key
