@@ -50,7 +50,8 @@ class CreateDatasetBody(RequestBody):
     tags = TextListField(required=False, help_text="1-100 characters each.")
     description = TextField(required=False)
     allow_download = StrictBooleanField()
-    data = TensorField(
+    # DRF's metaclass takes declared fields off the class: this does not hide Serializer.data.
+    data = TensorField(  # type: ignore[assignment]
         help_text="The tensor: a (nested) JSON array of numbers, or torch.save bytes as text under 'encoding'.",
     )
     dtype = TextField(required=False, help_text="The dtype of JSON data (default float32).")

@@ -85,9 +85,14 @@ class BodyField(serializers.Field):
     # Whether "" is absent, as an empty form value is.
     empty_text_is_absent = True
 
+    @property
+    def name(self) -> str:
+        """The field's name in the body (DRF sets it when the serializer binds the field)."""
+        return self.field_name or ""
+
     def get_value(self, dictionary):
         # A form's last value for the name, as Django's QueryDict.get gives it.
-        return dictionary.get(self.field_name)
+        return dictionary.get(self.name)
 
     def run_validation(self, data=empty):
         if data is empty or data is None or (self.empty_text_is_absent and data == ""):
@@ -105,7 +110,7 @@ class BodyField(serializers.Field):
         return value
 
     def fail(self, key, **kwargs):
-        raise BadRequest(self.error_messages[key].format(name=self.field_name, **kwargs))
+        raise BadRequest(self.error_messages[key].format(name=self.name, **kwargs))
 
     def openapi_schema(self) -> dict:
         """This field's schema in a JSON body (gridnode.schema derives the form and multipart ones)."""
@@ -127,7 +132,7 @@ class ObjectIdField(BodyField):
     """A model or dataset id, following the id rules (OBJECT_ID_RULE)."""
 
     def to_internal_value(self, data):
-        return check_object_id(data, self.field_name)
+        return check_object_id(data, self.name)
 
     def openapi_schema(self) -> dict:
         return copy.deepcopy(OBJECT_ID_SCHEMA)
@@ -142,7 +147,7 @@ class StrictBooleanField(BodyField):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
-        return parse_bool(data, self.field_name)
+        return parse_bool(data, self.name)
 
     def openapi_schema(self) -> dict:
         return copy.deepcopy(BOOLEAN_SCHEMA)
@@ -186,8 +191,8 @@ class TextListField(BodyField):
 
     def get_value(self, dictionary):
         if hasattr(dictionary, "getlist"):
-            return dictionary.getlist(self.field_name)
-        return dictionary.get(self.field_name)
+            return dictionary.getlist(self.name)
+        return dictionary.get(self.name)
 
     def to_internal_value(self, data):
         if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
@@ -197,7 +202,7 @@ class TextListField(BodyField):
         return data
 
     def openapi_schema(self) -> dict:
-        schema = {"type": "array", "items": {"type": "string"}}
+        schema: dict[str, object] = {"type": "array", "items": {"type": "string"}}
         if self.min_items:
             schema["minItems"] = self.min_items
         return schema
@@ -221,7 +226,7 @@ class _EncodedField(BodyField):
         super().__init__(**kwargs)
 
     def get_value(self, dictionary):
-        return dictionary.get(self.field_name), dictionary.get(self.encoding_field)
+        return dictionary.get(self.name), dictionary.get(self.encoding_field)
 
     def run_validation(self, data=empty):
         value, encoding = (None, None) if data is empty else data
@@ -252,7 +257,7 @@ class EncodedBytesField(_EncodedField):
         name = parse_encoding(encoding, allow_json=False)
         if not name:
             self.fail("no_encoding")
-        return decode_text(value, name, self.field_name)
+        return decode_text(value, name, self.name)
 
 
 class TensorField(_EncodedField):
@@ -275,7 +280,7 @@ class TensorField(_EncodedField):
         if name != JSON:
             if not isinstance(value, str):
                 self.fail("not_text", encoding=name)
-            return decode_text(value, name, self.field_name)
+            return decode_text(value, name, self.name)
         if isinstance(value, str):
             try:
                 return json.loads(value)

@@ -38,7 +38,8 @@ class DeleteModelBody(RequestBody):
 class InferenceBody(RequestBody):
     """The data to run a model on."""
 
-    data = TensorField(
+    # DRF's metaclass takes declared fields off the class: this does not hide Serializer.data.
+    data = TensorField(  # type: ignore[assignment]
         help_text="A (nested) JSON array of numbers, a list of them (one per model input), or torch.save bytes"
         " of a tensor (or list of tensors) as text under 'encoding'.",
     )

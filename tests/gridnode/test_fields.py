@@ -88,27 +88,27 @@ def test_it_refuses_content_that_is_not_text_under_an_encoding(content, encoding
 
 
 class Tensor(RequestBody):
-    data = TensorField()
+    tensor = TensorField()
     encoding = EncodingField(required=False)
 
 
 @pytest.mark.parametrize(
     ("body", "value"),
     [
-        ({"data": [[1, 2]]}, [[1, 2]]),
-        ({"data": "[[1, 2]]"}, [[1, 2]]),  # a form's JSON text
-        ({"data": "AAE=", "encoding": "base64"}, b"\x00\x01"),
+        ({"tensor": [[1, 2]]}, [[1, 2]]),
+        ({"tensor": "[[1, 2]]"}, [[1, 2]]),  # a form's JSON text
+        ({"tensor": "AAE=", "encoding": "base64"}, b"\x00\x01"),
     ],
 )
 def test_a_tensor_is_a_json_value_or_the_bytes_its_text_holds(body, value):
-    assert Tensor.parse(body)["data"] == value
+    assert Tensor.parse(body)["tensor"] == value
 
 
 def test_a_tensor_refuses_what_is_neither():
     with pytest.raises(BadRequest, match="neither a JSON array nor text"):
-        Tensor.parse({"data": "[1, 2"})
+        Tensor.parse({"tensor": "[1, 2"})
     with pytest.raises(BadRequest, match="must be text under the base64 encoding"):
-        Tensor.parse({"data": [1], "encoding": "base64"})
+        Tensor.parse({"tensor": [1], "encoding": "base64"})
 
 
 def test_one_refusal_for_every_malformed_body_where_the_contract_has_one():
@@ -116,7 +116,8 @@ def test_one_refusal_for_every_malformed_body_where_the_contract_has_one():
         refusal = "Invalid payload format"
         query = TextListField(min_items=1)
 
-    for body in ({}, {"query": []}, {"query": [1]}, [], {"query": "x"}):
+    malformed: list[object] = [{}, {"query": []}, {"query": [1]}, [], {"query": "x"}]
+    for body in malformed:
         with pytest.raises(BadRequest, match="^Invalid payload format$"):
             Search.parse(body)
     assert Search.parse({"query": ["#a"]}) == {"query": ["#a"]}
