@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def load(url: str, body: Path, concurrency: int, requests: int) -> dict[str, flo
     return {
         key: float(value) if value not in ("NA", "") else float("nan") for key, value in re.findall(r"(\w+)=(\S+)", out)
     }
+
+
+def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) used so far by every process of each process group, by group name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(groups, 0.0)
+    names = {pgid: name for name, pgid in groups.items()}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(fields[2]))  # the process group
+        if name is not None:
+            totals[name] += (int(fields[11]) + int(fields[12])) / tick
+        elif b"postgres" in (stat.parent / "cmdline").read_bytes()[:64]:
+            totals["postgres"] = totals.get("postgres", 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    # The whole machine (ab, other users' processes included), from /proc/stat's first line.
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    totals["machine"] = (sum(int(value) for value in first) - int(first[3]) - int(first[4])) / tick
+    return totals
 
 
 def start_nginx(run: Path, env: dict, upstreams: list[str]) -> tuple[subprocess.Popen, str]:
@@ -134,9 +156,19 @@ def main(requests: int, rounds: int, concurrency: int) -> None:
         for url in (one_url, two_url):
             load(f"{url}/model/mlp", body, 50, 500)  # warm-up: every replica fetches and loads the model
         results: dict[str, list[dict]] = {"one": [], "two": []}
+        groups = {"replica a": processes[0].pid, "replica b": processes[1].pid, "nginx": 0}
+        cpu: dict[str, dict[str, float]] = {"one": {}, "two": {}}
         for round_number in range(1, rounds + 1):
             for label, url in (("one", one_url), ("two", two_url)):
+                groups["nginx"] = (one if label == "one" else two).pid
+                before = cpu_seconds(groups)
+                started = time.monotonic()
                 figures = load(f"{url}/model/mlp", body, concurrency, requests)
+                seconds = time.monotonic() - started
+                used = cpu_seconds(groups)
+                for name in used:  # cores busy on average during the round
+                    spent = used[name] - before.get(name, 0.0)
+                    cpu[label][name] = cpu[label].get(name, 0.0) + spent / seconds / rounds
                 results[label].append(figures)
                 print(
                     f"round {round_number}: {label} replica(s) rps={figures['rps']:.0f} p50_ms={figures['p50_ms']:.0f} "
@@ -149,6 +181,9 @@ def main(requests: int, rounds: int, concurrency: int) -> None:
         one_rps = statistics.median(r["rps"] for r in results["one"])
         two_rps = statistics.median(r["rps"] for r in results["two"])
         print(f"nginx with two replicas sent: {spread}")
+        for label in ("one", "two"):
+            busy = ", ".join(f"{name} {cores:.2f}" for name, cores in cpu[label].items())
+            print(f"cores busy on average through the {label}-replica nginx (of {os.cpu_count()}): {busy}")
         print(
             f"replicas: concurrency={concurrency} one_replica_rps={one_rps:.0f} two_replicas_rps={two_rps:.0f} "
             f"ratio={two_rps / one_rps:.2f} cores={os.cpu_count()}"
