@@ -100,9 +100,24 @@ def _identity_at(path: str) -> NodeIdentity:
     return load_or_create(Path(path))[0]
 
 
+_last: tuple[object, NodeIdentity] | None = None
+
+
 def node_identity() -> NodeIdentity:
-    """This node's identity (made on first use), cached per process and data folder."""
-    return _identity_at(str(key_path()))
+    """This node's identity (made on first use), cached per process and data folder.
+
+    Asked for several times per exchange round: the last answer is kept with the data folder it is for.
+    """
+    global _last
+    from django.conf import settings
+
+    data_dir = settings.DATA_DIR
+    last = _last
+    if last is not None and last[0] is data_dir:
+        return last[1]
+    identity = _identity_at(str(key_path(data_dir)))
+    _last = (data_dir, identity)
+    return identity
 
 
 @functools.lru_cache(maxsize=256)
