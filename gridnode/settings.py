@@ -213,6 +213,12 @@ GRIDNODE_SMPC_TIMEOUT = env_int("GRIDNODE_SMPC_TIMEOUT", 10, minimum=1)
 # Evaluations one process runs at once (0: no bound, as under runserver, a thread per request); more get
 # a 503 at once rather than taking the threads the running ones need for their exchanges.
 GRIDNODE_SMPC_MAX_SESSIONS = env_int("GRIDNODE_SMPC_MAX_SESSIONS", 0)
+# Where an encrypted inference's round messages meet the process that evaluates its session (smpc_app/broker.py):
+# empty, a Unix socket on this host (every process of the node on one host); redis://, rediss:// or unix://
+# a Redis that every replica of the node reaches, so exchanges may land on any replica (docs/deployment.md).
+GRIDNODE_BROKER_URL = env_str("GRIDNODE_BROKER_URL", "")
+if GRIDNODE_BROKER_URL and not GRIDNODE_BROKER_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured("GRIDNODE_BROKER_URL is a Redis URL (redis://, rediss:// or unix://), or empty.")
 
 # Token auth per group of endpoints (docs/security.md). Open by default, as the seed says ("Auth required:
 # NO (can be changed)"); each switch closes one group to requests without a valid `Authorization: Token`.

@@ -39,8 +39,8 @@ import torch
 from django.conf import settings
 
 from gridnode.errors import BadGateway, Conflict, GatewayTimeout
-from smpc_app import nodeauth
-from smpc_app.identity import node_identity
+from smpc_app import broker, nodeauth
+from smpc_app.identity import node_identity, verify_signature
 from smpc_protocol import wire
 
 logger = logging.getLogger(__name__)
@@ -431,13 +431,26 @@ class SessionMailbox:
         self.session_id, self.model_id, self.peer_key, self.traffic = session_id, model_id, peer_key, traffic
         self.round = 0
         self._session_key: bytes | None = None
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket: socket.socket | None = None
+        self._inbox: broker.SessionInbox | None = None
+        taken = Conflict(f"Session {session_id} is already running on this node: use a fresh session id.")
+        hub = broker.current()
+        if hub is not None:
+            keys = broker.SessionKeys.of(node_identity().public_key, session_id)
+            lasts = max(0.0, self.deadline.at - time.monotonic())
+            try:
+                self._inbox = broker.SessionInbox(hub, keys, lasts=lasts, timeout=self.timeout)
+            except broker.SessionTaken:
+                raise taken from None
+            return
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.socket.bind(_address(session_id))
+            listener.bind(_address(session_id))
         except OSError:
-            self.socket.close()
-            raise Conflict(f"Session {session_id} is already running on this node: use a fresh session id.") from None
-        self.socket.listen(8)
+            listener.close()
+            raise taken from None
+        listener.listen(8)
+        self.socket = listener
 
     def _refusal(self, envelope: dict) -> str | None:
         """Why a message's label is not this session's next one from its peer (None when it is)."""
@@ -485,8 +498,28 @@ class SessionMailbox:
             )
         return reply, json.dumps(headers).encode()
 
+    def _forged(self, header: str, signature: str, body: bytes | None) -> str | None:
+        """Why a message the broker brought is not the one its sender signed (None when it is).
+
+        What `deliver` checked already, checked again here, so that whoever can write to the broker cannot
+        slip a message of their own into the session: the first round's signature, and the body's digest.
+        """
+        label = nodeauth.parse_label(header)
+        if label is None:
+            return "a malformed label"
+        if body is not None and (len(body) != label.length or hashlib.sha256(body).hexdigest() != label.body_sha256):
+            return "the message's body is not the one its sender signed"
+        if label.round == 0 and not verify_signature(label.sender, signature, nodeauth.signed_text(header)):
+            return "the message's node signature does not match"
+        return None
+
     def exchange(self, payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Take party 0's message for this round, answer with ours."""
+        if self._inbox is not None:
+            return self._exchange_brokered(self._inbox, payload)
+        listener = self.socket
+        if listener is None:
+            raise BadGateway(f"Session {self.session_id} is over on this node.")
         round_ends = time.monotonic() + self.timeout
         what = f"round {self.round} of session {self.session_id}"
         silent = f"The peer worker sent nothing for {what} within {self.timeout:g} s."
@@ -494,9 +527,9 @@ class SessionMailbox:
             wait = self.deadline.cap(round_ends - time.monotonic())
             if wait <= 0:
                 raise GatewayTimeout(silent)
-            self.socket.settimeout(wait)
+            listener.settimeout(wait)
             try:
-                connection, _ = self.socket.accept()
+                connection, _ = listener.accept()
             except TimeoutError:
                 raise self.deadline.timed_out(silent) from None
             with connection:
@@ -535,9 +568,60 @@ class SessionMailbox:
             self.round += 1
             return tensors
 
+    def _exchange_brokered(
+        self, inbox: broker.SessionInbox, payload: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """`exchange` through the broker: the same judgement, each message taken from the session's inbox."""
+        round_ends = time.monotonic() + self.timeout
+        what = f"round {self.round} of session {self.session_id}"
+        silent = f"The peer worker sent nothing for {what} within {self.timeout:g} s."
+        broken = f"The peer worker's message for {what} was broken."
+        while True:
+            wait = self.deadline.cap(round_ends - time.monotonic())
+            if wait <= 0:
+                raise GatewayTimeout(silent)
+            message = inbox.take(wait)
+            if message is None:
+                raise self.deadline.timed_out(silent)
+            header, signature = message.label.get("header"), message.label.get("signature")
+            inline = message.label.get("inline") is True
+            refusal = self._refusal(message.label)
+            if refusal is None and isinstance(header, str) and isinstance(signature, str):
+                refusal = self._forged(header, signature, message.body if inline else None)
+            if refusal is not None or not isinstance(header, str) or not isinstance(signature, str):
+                inbox.answer(message, broker.REFUSED, (refusal or "a malformed label").encode())
+                continue  # a replay or a stranger: refused, and the session goes on
+            body = message.body
+            if not inline:
+                inbox.answer(message, broker.ACCEPTED)
+                sent = inbox.take_body(message, settings.GRIDNODE_MAX_BODY_BYTES, self.deadline.cap(self.timeout))
+                if sent is None:
+                    if self.deadline.passed():
+                        raise self.deadline.exceeded()
+                    raise BadGateway(broken)
+                if self._forged(header, signature, sent) is not None:
+                    raise BadGateway(broken)
+                body = sent
+            try:
+                tensors, meta = wire.unpack(body)
+            except ValueError:
+                raise BadGateway(broken) from None
+            if meta.get("session") != self.session_id or meta.get("round") != self.round:
+                inbox.reply(message, wire.pack({}, {"error": f"this node expected {what}"}), b"{}")
+                raise BadGateway(f"The peer worker sent a message out of order instead of {what}.")
+            reply, reply_headers = self._reply(payload, meta, signature)
+            inbox.reply(message, reply, reply_headers)
+            self.traffic.received += len(body)
+            self.traffic.sent += len(reply)
+            self.round += 1
+            return tensors
+
     def close(self) -> None:
         """Stop listening: later messages for this session find nobody."""
-        self.socket.close()
+        if self._inbox is not None:
+            self._inbox.close()
+        if self.socket is not None:
+            self.socket.close()
 
 
 def _send_frames(connection: socket.socket, frames: list[bytes]) -> None:
@@ -573,8 +657,72 @@ def deliver(
     The evaluation judges the label (see `SessionMailbox`); a body larger than INLINE_BODY_BYTES is read
     from the network only after that. A first round may arrive before the client's request to this node,
     so only round 0 waits for the evaluation to start (and round 0 is accepted once per session, see
-    `runtime.exchange_authorize`).
+    `runtime.exchange_authorize`). Through the broker when GRIDNODE_BROKER_URL is set (the evaluation
+    may run on another replica), else through the local socket.
     """
+    hub = broker.current()
+    if hub is not None:
+        reply, reply_headers = _deliver_brokered(
+            hub, label=label, header=header, signature=signature, read_body=read_body
+        )
+    else:
+        reply, reply_headers = _deliver_local(label=label, header=header, signature=signature, read_body=read_body)
+    with contextlib.suppress(wire.WireError):
+        meta = wire.unpack_meta(reply)  # party 0 reads the tensors
+        if isinstance(meta.get("error"), str):
+            raise Conflict(f"This node refused the message: {meta['error']}.")
+    return reply, reply_headers
+
+
+def _deliver_brokered(
+    hub: broker.Broker,
+    *,
+    label: nodeauth.MessageLabel,
+    header: str,
+    signature: str,
+    read_body: Callable[[], bytes],
+) -> tuple[bytes, dict[str, str]]:
+    """`deliver` through the broker, to the evaluation of the session on whichever replica runs it."""
+    timeout = settings.GRIDNODE_SMPC_TIMEOUT
+    session_id = label.session_id
+    inline = label.length <= INLINE_BODY_BYTES
+    body = read_body() if inline else b""
+    ends = time.monotonic() + timeout
+    late = GatewayTimeout(f"This node's evaluation of session {session_id} did not answer in time.")
+    outgoing = broker.Outgoing(hub, broker.SessionKeys.of(node_identity().public_key, session_id), timeout=timeout)
+    envelope = {"header": header, "signature": signature, "inline": inline}
+    answer = outgoing.send(envelope, body, need_session=label.round != 0, wait=timeout)
+    if answer is None:
+        if outgoing.withdraw() and label.round == 0:
+            raise GatewayTimeout(
+                f"No evaluation of session {session_id} is running on this node "
+                f"(nothing within {timeout:g} s): did the client reach it?"
+            )
+        raise late
+    if answer.kind == broker.ACCEPTED and not inline:
+        try:
+            body = read_body()
+        except BaseException:
+            outgoing.abandon()  # the evaluation stops waiting for it at once
+            raise
+        answer = outgoing.send_body(body, wait=max(0.0, ends - time.monotonic()))
+        if answer is None:
+            raise late
+    if answer.kind == broker.REPLY:
+        return broker.split_reply(answer.data)
+    if answer.kind == broker.NO_SESSION:
+        raise Conflict(f"No evaluation of session {session_id} is running on this node.")
+    if answer.kind == broker.BUSY:
+        raise Conflict(f"This node refused the message: too many messages wait for session {session_id}.")
+    if answer.kind == broker.REFUSED:
+        raise Conflict(f"This node refused the message: {answer.data[:500].decode('utf-8', 'replace')}.")
+    raise BadGateway(f"This node's evaluation of session {session_id} stopped.")
+
+
+def _deliver_local(
+    *, label: nodeauth.MessageLabel, header: str, signature: str, read_body: Callable[[], bytes]
+) -> tuple[bytes, dict[str, str]]:
+    """`deliver` through the abstract Unix socket of the session's evaluation on this host."""
     timeout = settings.GRIDNODE_SMPC_TIMEOUT
     session_id = label.session_id
     inline = label.length <= INLINE_BODY_BYTES
@@ -597,8 +745,4 @@ def deliver(
             raise GatewayTimeout(f"This node's evaluation of session {session_id} did not answer in time.") from None
         except (OSError, ValueError):
             raise BadGateway(f"This node's evaluation of session {session_id} stopped.") from None
-    with contextlib.suppress(wire.WireError):
-        meta = wire.unpack_meta(reply)  # party 0 reads the tensors
-        if isinstance(meta.get("error"), str):
-            raise Conflict(f"This node refused the message: {meta['error']}.")
     return reply, reply_headers
