@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.response import StreamingBody
 from django.conf import settings
 from django.core.files import File
@@ -96,6 +96,14 @@ class ObjectStorage(S3Storage):
             ) from error
         return cleaned
 
+    def delete(self, name):
+        """Remove a file; a store that does not answer leaves it as an orphan for storage_check, logged, rather
+        than failing a deletion whose row has already gone."""
+        try:
+            super().delete(name)
+        except (BotoCoreError, ClientError) as error:
+            logger.warning("the object store kept %s (storage_check will find it): %s", name, error)
+
     def _open(self, name, mode="rb"):
         if mode != "rb":
             return super()._open(name, mode)
@@ -105,7 +113,9 @@ class ObjectStorage(S3Storage):
         except ClientError as error:
             if _status(error) == 404:
                 raise FileNotFoundError(f"File does not exist: {name}") from None
-            raise
+            raise unavailable(error) from error
+        except BotoCoreError as error:  # no answer: refused, timed out, no credentials
+            raise unavailable(error) from error
         reader = ObjectReader(self.client, self.bucket_name, key, head["ContentLength"], head.get("ETag"))
         return File(io.BufferedReader(reader, CHUNK), name=name)
 
@@ -121,6 +131,12 @@ class ObjectStorage(S3Storage):
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(ClientError):
             self.client.abort_multipart_upload(Bucket=self.bucket_name, Key=key, UploadId=upload_id)
+
+
+def unavailable(error: Exception) -> ServiceUnavailable:
+    """The 503 for a store that does not answer as it should (the log says how)."""
+    logger.warning("the object store failed: %s: %s", type(error).__name__, error)
+    return ServiceUnavailable("The object store did not answer; try again later.")
 
 
 def _status(error: ClientError) -> int:
@@ -233,6 +249,8 @@ def local_copy(name: str, sha256: str) -> Path:
             if digest.hexdigest() != sha256:
                 raise DamagedCopy(f"{name} in the object store does not hash to its row's sha256.")
             os.replace(partial, target)
+        except (BotoCoreError, ClientError) as error:  # the store stopped answering mid-way
+            raise unavailable(error) from error
         finally:
             Path(partial).unlink(missing_ok=True)
     trim_copies(keep=target)
@@ -277,3 +295,9 @@ def local_copies() -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.iterdir() if not path.name.startswith(".") and path.suffix != ".lock")
+
+
+def partial_fetches() -> list[Path]:
+    """Fetches in progress, or left behind by a process killed while fetching."""
+    folder = copies_folder()
+    return sorted(folder.glob(".fetch-*")) if folder.is_dir() else []

@@ -177,7 +177,7 @@ def archive_sha256(name: str) -> str:
 def fetched_copy(name: str, sha256: str) -> Path:
     """This replica's checked copy of a stored archive (gridnode/objectstore.py local_copy), or the error
     to answer: a 404 when the store no longer has it, a 500 when its bytes are not the ones uploaded."""
-    from gridnode.objectstore import DamagedCopy, local_copy
+    from gridnode.objectstore import DamagedCopy, local_copy  # a store that does not answer: its 503
 
     try:
         return local_copy(name, sha256)

@@ -141,21 +141,24 @@ def test_storage_check_finds_and_removes_what_no_row_claims_on_the_object_store(
     client.put_object(Bucket=bucket, Key=f"{on_s3}/models/orphan.pt", Body=b"left behind")
     client.create_multipart_upload(Bucket=bucket, Key=f"{on_s3}/models/killed.pt")
     (copies_folder() / f"{'0' * 64}-models-deleted-elsewhere.pt").write_bytes(b"an old copy")
+    (copies_folder() / ".fetch-killed").write_bytes(b"half a copy")  # its process was killed mid-fetch
 
     out = io.StringIO()
-    with pytest.raises(CommandError, match="3 problems"):
+    with pytest.raises(CommandError, match="4 problems"):
         call_command("storage_check", "--min-age", "0", stdout=out)
     report = out.getvalue()
     assert "Orphan file models/orphan.pt" in report
     assert f"Unfinished multipart upload of {on_s3}/models/killed.pt" in report
     assert "models-deleted-elsewhere.pt" in report
-    assert "1 unfinished multipart uploads found, 1 local copies of files no row refers to found" in report
+    assert ".fetch-killed (11 bytes): a fetch that never finished" in report
+    assert "1 unfinished multipart uploads found, 2 local copies of files no row refers to found" in report
 
     out = io.StringIO()
     call_command("storage_check", "--min-age", "0", "--delete", stdout=out)
     assert object_store.keys(on_s3) == [f"{on_s3}/{kept.archive.name}"]
     assert object_store.pending_uploads(on_s3) == []
     assert [path.name for path in local_copies()] == [f"{kept.sha256}-{kept.archive.name.replace('/', '-')}"]
+    assert not (copies_folder() / ".fetch-killed").exists()
     assert default_storage.exists(kept.archive.name)
     call_command("storage_check", "--min-age", "0", stdout=io.StringIO())  # nothing left to find
 
@@ -207,3 +210,37 @@ def test_settings_refuse_an_incomplete_object_store_configuration(tmp_path):
     half = start(GRIDNODE_STORAGE="s3", GRIDNODE_S3_BUCKET="b", GRIDNODE_S3_ACCESS_KEY_ID="k")
     assert "GRIDNODE_S3_SECRET_ACCESS_KEY" in half.stderr
     assert start(GRIDNODE_STORAGE="s3", GRIDNODE_S3_BUCKET="b").returncode == 0
+
+
+def test_a_store_that_does_not_answer_is_a_503_and_a_deletion_still_happens(
+    api, settings, object_store, on_s3, mlp_jit
+):
+    import socket
+
+    assert serve(api, "kept", mlp_jit).status_code == 200
+    hosted = HostedModel.objects.get(model_id="kept")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    settings.STORAGES = {**settings.STORAGES, "default": storage_options(object_store, on_s3, endpoint_url=dead)}
+
+    gone = {"error": "The object store did not answer; try again later."}
+    download = api.get("/get_model/kept", HTTP_ACCEPT="application/octet-stream")
+    assert (download.status_code, download.json()) == (503, {"success": False, **gone})
+    inference = infer(api, "kept", [[1, 2, 3, 4]])
+    assert inference.status_code == 503
+    assert inference.json()["error"] == gone["error"]
+    upload = serve(api, "new", mlp_jit)
+    assert upload.status_code == 503
+    assert "nothing was stored" in upload.json()["error"]
+    assert api.get("/readyz").status_code == 503
+    # The row goes; its object stays behind for storage_check, which finds it once the store answers.
+    assert api.post("/delete-model", {"model_id": "kept"}, format="json").status_code == 200
+    assert not HostedModel.objects.exists()
+
+    settings.STORAGES = {**settings.STORAGES, "default": storage_options(object_store, on_s3)}
+    assert object_store.keys(on_s3) == [f"{on_s3}/{hosted.archive.name}"]
+    out = io.StringIO()
+    call_command("storage_check", "--min-age", "0", "--delete", stdout=out)
+    assert f"Orphan file {hosted.archive.name}" in out.getvalue()
+    assert object_store.keys(on_s3) == []

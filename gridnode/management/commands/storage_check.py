@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from datasets_app.services import dataset_file_names
-from gridnode.objectstore import copy_path, local_copies, on_object_store, remove_copy
+from gridnode.objectstore import copy_path, local_copies, on_object_store, partial_fetches, remove_copy
 from models_app.services import model_archive_names
 from smpc_app.shares import share_file_names
 
@@ -180,6 +180,16 @@ class Command(BaseCommand):
             count += 1
             size = path.stat().st_size if path.exists() else 0
             self._found(f"Local copy {path} ({size:,} bytes): no row refers to its file", remove_copy, path)
+        now = time.time()
+        for path in partial_fetches():  # a process killed while fetching a copy
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                continue
+            if timedelta(seconds=now - status.st_mtime) < self.min_age:
+                continue
+            count += 1
+            self._found(f"Local copy {path} ({status.st_size:,} bytes): a fetch that never finished", _unlink, path)
         return count
 
     def _found(self, line: str, remove, target) -> None:
