@@ -1,10 +1,13 @@
 """Encrypted inference at run time: a worker evaluating its share, and the crypto provider dealing randomness.
 
 A client sends each worker one share of its input (`worker_evaluate`). Each worker asks the model's
-crypto provider for its half of the session's correlated randomness (`provider_deal`, signed), then the
-two workers run the rounds of `smpc_protocol.engine` against each other (`smpc_app.channels`) and each
-answers its share of the output. Only the client, adding the two, sees the result. All of it, rounds
-included, ends within GRIDNODE_INFERENCE_TIMEOUT of the request's arrival (`channels.Deadline`), or 504.
+crypto provider for its half of the session's correlated randomness (`provider_deal`), then the two
+workers run the rounds of `smpc_protocol.engine` against each other (`smpc_app.channels`) and each
+answers its share of the output. Every node-to-node call goes to, and is accepted from, only the nodes
+this node trusts (`smpc_app.trust`), in the role the model's registration gives them
+(`provider_authorize`, `exchange_authorize`), signed (`smpc_app.nodeauth`). Only the client, adding
+the two, sees the result. All of it, rounds included, ends within GRIDNODE_INFERENCE_TIMEOUT of the
+request's arrival (`channels.Deadline`), or 504.
 
 The provider derives a session's randomness from a seed it never sends: an HMAC, under a key made from
 this node's SECRET_KEY, of a nonce it draws when the session is first asked for. A session row records
@@ -220,6 +223,7 @@ def _fetch_randomness(*, provider: NodeCall, model_id, session_id, party, batch,
 
 
 def _signed_for(label: nodeauth.MessageLabel, model_id: str) -> None:
+    """A 401 unless the request's signature names the model its path names."""
     if label.model_id != model_id:
         raise nodeauth.NodeAuthenticationFailed("The request is signed for another model than its path names.")
 
