@@ -108,7 +108,11 @@ class Broker:
     def run(self, commands: Sequence[Sequence[str | bytes | int | float]], *, wait: float) -> list[object]:
         """Send `commands` in one pipeline and answer their replies; each read lasts at most `wait` seconds
         (plus READ_MARGIN_SECONDS when the last command blocks for `wait` itself)."""
-        connection = self.pool.get_connection()
+        try:
+            connection = self.pool.get_connection()  # connects when it has to
+        except (redis.RedisError, OSError) as error:
+            logger.warning("SMPC: the broker is unreachable: %r", error)
+            raise BrokerFailed("This node's broker (GRIDNODE_BROKER_URL) is unreachable or did not answer.") from None
         try:
             connection.send_packed_command(connection.pack_commands(commands))
             return [connection.read_response(timeout=wait + READ_MARGIN_SECONDS) for _ in commands]
