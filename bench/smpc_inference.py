@@ -1,6 +1,7 @@
 """Encrypted inference latency and accuracy on three local nodes (two workers and a crypto provider).
 
-usage: python bench/smpc_inference.py [REQUESTS=1000]      (BENCH_TLS=0: plain http between everyone)
+usage: python bench/smpc_inference.py [REQUESTS=1000]      (BENCH_TLS=0: plain http between everyone;
+       BENCH_BROKER=redis://127.0.0.1:6379/0: the round messages through that Redis, GRIDNODE_BROKER_URL)
 
 Starts three gunicorn nodes, each on a fresh PostgreSQL database (on the server of $DATABASE_URL, else
 postgres://postgres@127.0.0.1:5432) and its own data folder, each with its own key pair and trusting
@@ -10,7 +11,8 @@ gridclient.encrypted, and runs REQUESTS single-input inferences one after anothe
 (sharing the input, both workers' HTTP calls, reconstructing). Every output is compared with the
 plaintext model's. The nodes and their databases are removed at the end. The last line reads:
 
-    smpc_mlp tls=on p50_ms=... p99_ms=... max_abs_err=... argmax_agree=N/REQUESTS rounds=... bytes_per_worker=...
+    smpc_mlp tls=on broker=socket p50_ms=... p99_ms=... max_abs_err=... argmax_agree=N/REQUESTS rounds=...
+        bytes_per_worker=...      (one line; broker=redis with BENCH_BROKER)
 
 bytes_per_worker is the mean, over requests and the two workers, of what a worker sent and received
 (the client's share, the provider's randomness, the exchanges with its peer, its answer), in bytes.
@@ -71,8 +73,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
     tls = os.environ.get("BENCH_TLS", "1") != "0"
+    broker = os.environ.get("BENCH_BROKER", "")
     with tempfile.TemporaryDirectory(prefix="smpc-bench-") as root:
-        cluster = SmpcCluster(Path(root), postgres_url=server, tls=tls)
+        cluster = SmpcCluster(Path(root), postgres_url=server, tls=tls, environment={"GRIDNODE_BROKER_URL": broker})
         if tls:
             os.environ["SSL_CERT_FILE"] = str(cluster.ca_file)  # this client checks the nodes' certificates too
         try:
@@ -114,7 +117,7 @@ def main() -> None:
     )
     print(concurrent)
     print(
-        f"smpc_mlp tls={'on' if tls else 'off'} "
+        f"smpc_mlp tls={'on' if tls else 'off'} broker={'redis' if broker else 'socket'} "
         f"p50_ms={percentile(latencies, 0.5):.1f} p99_ms={percentile(latencies, 0.99):.1f} "
         f"max_abs_err={max(errors):.2e} argmax_agree={agree}/{requests} rounds={'/'.join(map(str, sorted(rounds)))} "
         f"bytes_per_worker={round(statistics.mean(traffic))}"
