@@ -176,3 +176,178 @@ def replicas(transactional_db, object_store):
         for replica in stack.replicas:
             replica.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- Encrypted inference across replicas (test_encrypted_replicas.py) ------------------------------------------
+
+
+REDIS_URL = os.environ.get("GRIDNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_nginx(
+    stack_root: Path, name: str, env: dict[str, str], upstreams: list[str]
+) -> tuple[subprocess.Popen, Path]:
+    """nginx as the production stack runs it, in front of `upstreams` (one upstream of several servers):
+    (its process, its run folder, whose nginx-access.log names the replica of each request)."""
+    nginx = nginx_binary()
+    assert nginx is not None
+    run = stack_root / f"run-{name}"
+    run.mkdir()
+    run.chmod(0o755)
+    render = [sys.executable, "deploy/render_nginx_conf.py", str(run), *upstreams]
+    (run / "nginx.conf").write_bytes(subprocess.run(render, cwd=REPO, env=env, check=True, capture_output=True).stdout)
+    with open(stack_root / f"nginx-{name}.log", "wb") as output:
+        process = subprocess.Popen(
+            [nginx, "-e", "stderr", "-c", str(run / "nginx.conf"), "-g", "daemon off;"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, run
+
+
+def wait_for_healthz(url: str, process: subprocess.Popen, log: Path) -> None:
+    for _ in range(300):
+        with contextlib.suppress(OSError):
+            if healthz_status(url, timeout=1) == 200:
+                return
+        assert process.poll() is None, log.read_text()
+        subprocess.run(["sleep", "0.1"], check=True)
+    raise AssertionError(f"{url} did not answer /healthz:\n{log.read_text()}")
+
+
+@dataclass
+class EncryptedNode:
+    """One node of an encrypted model: its URL (nginx in front of its replicas, or its one replica), its key,
+    its database, its replicas, and nginx's run folder when it has one."""
+
+    name: str
+    url: str
+    public_key: str
+    database_url: str
+    replicas: list[Replica] = field(default_factory=list)
+    run: Path | None = None
+
+    def served_by(self, path_part: str) -> list[str]:
+        """The replica address nginx gave each request whose request line holds `path_part`, in order."""
+        assert self.run is not None
+        lines = (self.run / "nginx-access.log").read_text().splitlines()
+        return [line.rsplit("upstream=", 1)[-1] for line in lines if path_part in line.split('"')[1]]
+
+
+def start_encrypted_nodes(
+    root: Path,
+    store: ObjectStore,
+    *,
+    broker: str,
+    smpc_timeout: int,
+    nodes: list["EncryptedNode"],
+    processes: list[subprocess.Popen],
+) -> None:
+    """Two worker nodes of two replicas each (one nginx upstream per node) and a crypto provider of one, each
+    node on its own fresh PostgreSQL database and prefix of the object store, the replicas of a node sharing
+    its key (GRIDNODE_DATA_DIR/smpc/node_key copied, as an operator deploys it), each replica its own data
+    folder; the round messages through `broker` (GRIDNODE_BROKER_URL), or none. Fills `nodes` and `processes`
+    (to stop, even when this fails half-way); each node trusts the other two at their URLs."""
+    from smpc_app.identity import KEY_FILE, load_or_create
+    from tests.smpc_app.live_nodes import NodeServer, _create_postgres_database, trust
+
+    suffix = uuid.uuid4().hex[:8]
+    layout = [("worker0", 2), ("worker1", 2), ("provider", 1)]
+    prepared = []
+    for name, count in layout:
+        database = _create_postgres_database(database_url(), f"gridnode_replicas_{name}_{suffix}")
+        env = replica_environment(store, f"smpc-{name}-{suffix}")
+        env.pop("GRIDNODE_THREADS")  # a node with a key: gunicorn.conf.py's SMPC default
+        env.update(
+            DATABASE_URL=database, GRIDNODE_WORKERS="1", GRIDNODE_SMPC_TIMEOUT=str(smpc_timeout), SECRET_KEY=suffix
+        )
+        if broker:
+            env["GRIDNODE_BROKER_URL"] = broker
+        prepared.append((name, count, database, env))
+        nodes.append(EncryptedNode(name, "", "", database))
+    migrations = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO,
+            env={**env, "GRIDNODE_DATA_DIR": str(root / f"{name}-migrate")},
+        )
+        for name, _count, _database, env in prepared
+    ]
+    assert [migration.wait(timeout=300) for migration in migrations] == [0, 0, 0]
+    proxy = {**prepared[0][3], "GRIDNODE_DATA_DIR": str(root / "proxy")}
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--no-input", "-v0"], cwd=REPO, env=proxy, check=True)
+    for node, (name, count, _database, env) in zip(nodes, prepared, strict=True):
+        key = load_or_create(root / f"{name}-key" / KEY_FILE)[0]
+        node.public_key = key.public_key
+        for index in range(count):
+            data = root / f"{name}-{'ab'[index]}"
+            (data / KEY_FILE).parent.mkdir(parents=True)
+            shutil.copy2(root / f"{name}-key" / KEY_FILE, data / KEY_FILE)
+            log = root / f"gunicorn-{name}-{'ab'[index]}.log"
+            process, url = start_gunicorn({**env, "GRIDNODE_DATA_DIR": str(data)}, log, "--bind", "127.0.0.1:0")
+            processes.append(process)
+            node.replicas.append(Replica(f"{name}-{'ab'[index]}", data, url, process, log))
+        if count == 1:
+            node.url = node.replicas[0].url
+            continue
+        bind = f"127.0.0.1:{free_port()}"
+        upstreams = [replica.url.removeprefix("http://") for replica in node.replicas]
+        nginx, node.run = start_nginx(root, name, {**proxy, "GRIDNODE_PUBLIC_BIND": bind}, upstreams)
+        processes.append(nginx)
+        node.url = f"http://{bind}"
+        wait_for_healthz(node.url, nginx, root / f"nginx-{name}.log")
+    for node in nodes:
+        for other in nodes:
+            if other is not node:
+                trust(
+                    NodeServer(node.name, root, node.database_url, root / "log", node.public_key, node.url),
+                    NodeServer(other.name, root, other.database_url, root / "log", other.public_key, other.url),
+                )
+
+
+def stop_encrypted_nodes(root: Path, nodes: list, processes: list[subprocess.Popen]) -> None:
+    from tests.smpc_app.live_nodes import _drop_postgres_database
+
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    for node in nodes:
+        with contextlib.suppress(Exception):
+            _drop_postgres_database(database_url(), node.database_url.rsplit("/", 1)[-1])
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def encrypted_nodes(request, object_store):
+    """`start_encrypted_nodes` with the broker (request.param true, the default) or without; stopped after."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (see NEEDS_POSTGRESQL)")
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (scripts/test installs Debian's nginx when it runs as root)")
+    with_broker = getattr(request, "param", True)
+    if not redis_reachable(REDIS_URL):
+        missing = f"no Redis at {REDIS_URL} (GRIDNODE_TEST_REDIS_URL)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    root = Path(tempfile.mkdtemp(prefix="gridnode-smpc-replicas-"))
+    root.chmod(0o755)
+    nodes: list[EncryptedNode] = []
+    processes: list[subprocess.Popen] = []
+    try:
+        broker = REDIS_URL if with_broker else ""
+        start_encrypted_nodes(root, object_store, broker=broker, smpc_timeout=5, nodes=nodes, processes=processes)
+        yield nodes
+    finally:
+        stop_encrypted_nodes(root, nodes, processes)
