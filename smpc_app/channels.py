@@ -5,10 +5,12 @@ key's signature (`smpc_app.nodeauth`); connections to peers are kept alive betwe
 Party 0 drives: for each round it POSTs its message to party 1's `/smpc/exchange` and reads party 1's
 message for the same round in the answer (`PeerChannel`).
 The POST reaches whichever process of party 1's node the server picks, while party 1's evaluation runs
-in the process that took the client's request. They meet through a Unix socket in Linux's abstract
-namespace named after the node's data folder and the session (`SessionMailbox` on the evaluating side,
-`deliver` in the exchange view), so every process of one node on one host can reach it; the socket
-accepts connections from processes of the same user only. A node's processes must therefore share a host.
+in the process that took the client's request. They meet (`SessionMailbox` on the evaluating side,
+`deliver` in the exchange view) through a Unix socket in Linux's abstract namespace named after the
+node's data folder and the session, so every process of one node on one host can reach it (the socket
+accepts connections from processes of the same user only); or, with GRIDNODE_BROKER_URL, through Redis
+(`smpc_app.broker`), so the POST may reach any replica of the node on any host. Both carry the same
+messages, judged the same way.
 
 Every message carries the session id and its round number; party 1's evaluation accepts each round
 once, from its peer's key only, before the message's body is even read (`deliver`). A replayed message
