@@ -12,6 +12,7 @@ and the memory cap, answers, and goes back to accept the next connection.
 """
 
 import contextlib
+import io
 import logging
 import os
 import resource
@@ -390,6 +391,28 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
+def _warm_up(torch) -> None:
+    """Save, load and run a tiny model of each kind once, before the processes are forked.
+
+    torch imports most of what torch.export.load needs (sympy, the serializer, dynamo's pieces) on its
+    first call, which took 5.4 s on a busy 2-core machine: inside an inference process it counted against
+    the first upload's or inference's load bound (5 s for a small archive), which refused a valid model.
+    Done here, every process inherits it ready.
+    """
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1)).eval()
+    example = (torch.zeros(1, 2),)
+    for save, load in (
+        (lambda buffer: torch.export.save(torch.export.export(model, example), buffer), torch.export.load),
+        (lambda buffer: torch.jit.save(torch.jit.script(model), buffer), torch.jit.load),
+    ):
+        buffer = io.BytesIO()
+        save(buffer)
+        buffer.seek(0)
+        loaded = load(buffer)
+        with torch.no_grad():
+            (loaded.module() if hasattr(loaded, "module") else loaded)(*example)
+
+
 def main(address: str) -> int:
     """Set up once (Django, torch, the node's code), listen, and supervise the inference processes."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gridnode.settings")
@@ -400,6 +423,7 @@ def main(address: str) -> int:
 
     from models_app import inference  # noqa: F401  (imported once here, so every process starts warm)
 
+    _warm_up(torch)
     size = pool_size()
     torch.set_num_threads(torch_threads(size))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
