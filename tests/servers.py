@@ -1,4 +1,5 @@
-"""Starting gunicorn the way operators do (the repository's gunicorn.conf.py), for tests and benches."""
+"""Starting gunicorn the way operators do (the repository's gunicorn.conf.py), and SeaweedFS as the object store,
+for tests and benches."""
 
 import atexit
 import json
