@@ -76,12 +76,23 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """
-# KEYS: live, inbox; ARGV: the evaluation's token. Only the evaluation that set `live` removes it.
+# KEYS: live, inbox; ARGV: the evaluation's token, the session's key prefix, expiry (ms). Only the evaluation
+# that set `live` removes it; the messages still queued are answered NO_SESSION, as later ones will be.
 CLOSE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+local waiting = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[1], KEYS[2])
+for _, message in ipairs(waiting) do
+  local id = string.match(message, '"reply": "(%x+)"')
+  if id and #id == 32 then
+    local key = ARGV[2] .. ':re:' .. id
+    redis.call('RPUSH', key, 'N')
+    redis.call('PEXPIRE', key, ARGV[3])
+  end
+end
+return #waiting
 """
 
 
@@ -334,4 +345,13 @@ class SessionInbox:
     def close(self) -> None:
         """The session is over here: later messages for it are answered NO_SESSION at once."""
         with contextlib.suppress(BrokerFailed):  # else the keys expire by themselves
-            self.hub.run([["EVAL", CLOSE_SCRIPT, 2, self.keys.live, self.keys.inbox, self.token]], wait=1.0)
+            close: list[str | bytes | int | float] = [
+                "EVAL",
+                CLOSE_SCRIPT,
+                2,
+                self.keys.live,
+                self.keys.inbox,
+                self.token,
+                self.keys.prefix,
+            ]
+            self.hub.run([[*close, _milliseconds(self.timeout)]], wait=1.0)

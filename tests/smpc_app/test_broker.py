@@ -155,6 +155,21 @@ def test_a_message_for_another_session_never_reaches_this_one(peers, redis_clien
     assert evaluation.error is None
 
 
+def test_a_message_still_queued_when_the_session_ends_is_answered_at_once(peers, redis_client):
+    peer = peers["alice"]
+    sender = party_zero(peer)
+    mailbox = SessionMailbox(session_id=sender.session_id, model_id=MODEL, peer_key=peer.public_key, traffic=Traffic())
+    body = sender.message(0)
+    headers = sender.headers(body, 0)
+    label = {"header": headers["X-Gridnode-Message"], "signature": headers["X-Gridnode-Signature"], "inline": True}
+    queued = inject(redis_client, sender.session_id, label, body)
+
+    mailbox.close()
+
+    assert answer_to(redis_client, sender.session_id, queued) == broker.NO_SESSION
+    assert session_keys(redis_client, sender.session_id).keys() == set()
+
+
 def test_a_full_inbox_refuses_more_messages_at_once(peers, redis_client):
     peer = peers["alice"]
     sender = party_zero(peer)
