@@ -134,7 +134,7 @@ def test_a_tiny_archive_whose_checks_blow_up_is_refused_while_the_node_answers(n
     with ThreadPoolExecutor(max_workers=1) as pool:
         upload = pool.submit(node.serve, "fan-out-upload", archive)
         time.sleep(1)
-        probes = [request(node.url, "GET", "/healthz", timeout=2)[0] for _ in range(5)]
+        probes = [request(node.url, "GET", "/healthz", timeout=4)[0] for _ in range(5)]
         answered = node.infer("mlp", MLP, timeout=5)[0]
         status, body = upload.result(timeout=60)
 
