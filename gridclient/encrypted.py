@@ -141,7 +141,8 @@ def run_encrypted_inference(
 
 def _reconstruct(replies: dict[int, bytes], *, session_id: str, workers: list[str]) -> EncryptedResult:
     """The output from both workers' answers, after checking they belong to this session and agree."""
-    shares, rounds, traffic = [], set(), []
+    shares, traffic = [], []
+    rounds: set[int] = set()
     for party in (0, 1):
         try:
             tensors, meta = wire.unpack(replies[party])
@@ -149,8 +150,10 @@ def _reconstruct(replies: dict[int, bytes], *, session_id: str, workers: list[st
             raise ServerError(200, f"Worker {workers[party]} answered a malformed message: {error}") from None
         if meta.get("session") != session_id or meta.get("party") != party or set(tensors) != {"y"}:
             raise ServerError(200, f"Worker {workers[party]} answered for another session or party.")
+        if not isinstance(meta.get("rounds"), int):
+            raise ServerError(200, f"Worker {workers[party]} answered a malformed message: no round count.")
         shares.append(tensors["y"])
-        rounds.add(meta.get("rounds"))
+        rounds.add(meta["rounds"])
         # The worker's counts leave out its answer to us.
         traffic.append(int(meta.get("bytes_sent", 0)) + int(meta.get("bytes_received", 0)) + len(replies[party]))
     if shares[0].shape != shares[1].shape or len(rounds) != 1:

@@ -68,8 +68,10 @@ class BoundedMultiPartParser(MultiPartParser):
         return super().parse(stream, media_type, parser_context)
 
 
-def _json_escape(error: UnicodeEncodeError) -> tuple[str, int]:
+def _json_escape(error: UnicodeError) -> tuple[str, int]:
     """A codec error handler: each character past ASCII as JSON's \\uXXXX (a surrogate pair past U+FFFF)."""
+    if not isinstance(error, UnicodeEncodeError):  # only ever named when encoding (ascii_json)
+        raise error
     escaped = []
     for char in error.object[error.start : error.end]:
         point = ord(char)

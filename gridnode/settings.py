@@ -5,6 +5,7 @@ With no variables at all the node runs on SQLite and local files under `var/` in
 """
 
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -116,7 +117,7 @@ MEDIA_ROOT = DATA_DIR / "files"
 GRIDNODE_STORAGE = env_str("GRIDNODE_STORAGE", "local").lower()
 if GRIDNODE_STORAGE not in ("local", "s3"):
     raise ImproperlyConfigured(f"GRIDNODE_STORAGE is local (the default) or s3, not {GRIDNODE_STORAGE!r}.")
-_default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+_default_storage: dict[str, Any] = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 # Path-style URLs (http://endpoint/bucket/key) suit SeaweedFS, MinIO and AWS alike; "virtual" for hosts that need it.
 GRIDNODE_S3_ADDRESSING_STYLE = env_str("GRIDNODE_S3_ADDRESSING_STYLE", "path")
 # Each replica's local copies of the archives its inference processes load (gridnode/objectstore.py).

@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -110,7 +111,12 @@ def receive_frame(connection: socket.socket, *, max_blob_bytes: int) -> Frame | 
     return Frame(header, blobs)
 
 
+@overload
+def _receive_exactly(connection: socket.socket, size: int, *, allow_eof: Literal[False] = False) -> bytes: ...
+@overload
+def _receive_exactly(connection: socket.socket, size: int, *, allow_eof: bool) -> bytes | None: ...
 def _receive_exactly(connection: socket.socket, size: int, *, allow_eof: bool = False) -> bytes | None:
+    """`size` bytes from the connection; None (with allow_eof) when it closed before the first of them."""
     buffer = bytearray(size)
     view = memoryview(buffer)
     received = 0
@@ -319,9 +325,16 @@ def _outcome(reply: Frame) -> Outcome:
         return Outcome(CRASH_STATUS, error="The inference process answered something this node does not read.")
     error = header.get("error")
     if error is not None:
-        fields = header.get("fields") if isinstance(header.get("fields"), dict) else {}
-        return Outcome(status, error=str(error)[:1000], fields=fields, ran=header.get("ran") is not False)
-    headers = header.get("headers") if isinstance(header.get("headers"), dict) else {}
+        fields = header.get("fields")
+        return Outcome(
+            status,
+            error=str(error)[:1000],
+            fields=fields if isinstance(fields, dict) else {},
+            ran=header.get("ran") is not False,
+        )
+    headers = header.get("headers")
+    if not isinstance(headers, dict):
+        headers = {}
     return Outcome(
         status,
         payload=reply.blobs[0] if reply.blobs else b"",

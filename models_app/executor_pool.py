@@ -23,6 +23,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models_app.archives import LoadedModel
 
 logger = logging.getLogger("gridnode.inference")
 
@@ -96,7 +100,7 @@ def serve_connections(listener: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A model's warnings carry text it chose; they are not the operator's log.
     warnings.simplefilter("ignore")
-    cache = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
+    cache: ArchiveCache[LoadedModel] = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
     _floor["bytes"] = _data_bytes()
     while True:
         connection, _ = listener.accept()

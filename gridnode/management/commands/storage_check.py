@@ -23,7 +23,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from datasets_app.services import dataset_file_names
-from gridnode.objectstore import copy_path, local_copies, on_object_store, partial_fetches, remove_copy
+from gridnode.objectstore import (
+    ObjectStorage,
+    copy_path,
+    local_copies,
+    on_object_store,
+    partial_fetches,
+    remove_copy,
+)
 from models_app.services import model_archive_names
 from smpc_app.shares import share_file_names
 
@@ -160,6 +167,7 @@ class Command(BaseCommand):
     def _unfinished_uploads(self) -> int:
         """Report (and with --delete abort) multipart uploads begun before --min-age and never completed."""
         storage = storages["default"]
+        assert isinstance(storage, ObjectStorage)  # called only when on_object_store()
         now, count = timezone.now(), 0
         for key, upload_id, initiated in storage.pending_uploads():
             age = now - initiated
