@@ -9,7 +9,8 @@ file in Django's default storage per row, and follow one lifecycle, written here
    (a taken id is the app's 409).
 3. `StoredFileRow.open_stored` reads it back; a file deleted since its row was read is the app's 404, as if
    the request had come a moment later.
-4. Deleting the row, by any path (API, admin, shell, cascade), removes the file once the deletion commits.
+4. Deleting the row, by any path (API, admin, shell, cascade), removes the file once the deletion commits,
+   and what this process loaded from it (`StoredFileRow.forget_loaded`).
 
 The storage is Django's default: local disk, or an S3-compatible object store (gridnode/objectstore.py),
 where step 2 is a multipart upload from the staged file, step 3 a stream, and step 4 also removes this
@@ -81,16 +82,19 @@ def store(
     folder: str,
     suffix: str,
     row: Callable[[str], Row],
-    taken: Callable[[], Exception],
+    taken: Callable[[], Exception | None],
     available: Callable[[], None] = lambda: None,
     with_row: Callable[[Row], None] = lambda _: None,
+    clean: Callable[[Row], None] = lambda row: row.full_clean(validate_unique=False, validate_constraints=False),
 ) -> Row:
     """Move a staged file into storage under a fresh name (`<folder>/<uuid><suffix>`) and insert the row
     `row(stored_name)` makes, with whatever `with_row` adds in the same transaction.
 
     `available()` runs first and refuses a taken id before anything is stored; the unique constraint
-    settles concurrent uploads, answered `taken()`. On any failure neither the file nor the row stays,
-    and the staged file is gone either way.
+    settles concurrent uploads, answered `taken()` (None when the insert failed for another reason: that
+    IntegrityError is raised as it is). `clean(row)` checks the row's own rules before the insert: by
+    default full_clean, leaving uniqueness and constraints to the database. On any failure neither the
+    file nor the row stays, and the staged file is gone either way.
     """
     try:
         available()
@@ -100,13 +104,16 @@ def store(
         staged.discard()
     instance = row(stored)
     try:
-        instance.full_clean(validate_unique=False, validate_constraints=False)
+        clean(instance)
         with transaction.atomic():
             instance.save()
             with_row(instance)
     except IntegrityError:
         default_storage.delete(stored)
-        raise taken() from None
+        answer = taken()
+        if answer is None:
+            raise
+        raise answer from None
     except BaseException:
         default_storage.delete(stored)
         raise
@@ -137,13 +144,22 @@ class StoredFileRow(models.Model):
         with self.open_stored() as stored:
             return stored.read()
 
+    def forget_loaded(self) -> None:
+        """Drop whatever this process keeps loaded from the file; called once the row's deletion has committed,
+        just before the file is removed. Nothing by default: a row type with a per-process cache says what."""
+
 
 @receiver(post_delete, dispatch_uid="gridnode.storedfiles.remove_file")
 def _remove_file(sender, instance, **kwargs) -> None:
     """Remove a deleted row's file once the deletion has committed; a rolled-back delete keeps its file."""
     if isinstance(instance, StoredFileRow) and (name := instance.stored_name):
         storage = getattr(instance, instance.file_field).storage
-        transaction.on_commit(lambda: storage.delete(name))
+
+        def remove() -> None:
+            instance.forget_loaded()
+            storage.delete(name)
+
+        transaction.on_commit(remove)
         if getattr(storage, "keeps_local_copies", False):  # the object store (gridnode/objectstore.py)
             from gridnode.objectstore import remove_copies_of
 

@@ -8,5 +8,5 @@ class SmpcAppConfig(AppConfig):
     verbose_name = "Encrypted models"
 
     def ready(self) -> None:
-        """Connect the clean-up that removes a deleted share's file."""
-        from smpc_app import signals  # noqa: F401  (connects the storage clean-up of shares)
+        """Connect the receiver that keeps this process's copy of the trusted nodes in step with their rows."""
+        from smpc_app import signals  # noqa: F401  (connects it)

@@ -3,6 +3,7 @@ from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 
 from gridnode.http import OBJECT_ID_RE, OBJECT_ID_RULE
+from gridnode.storedfiles import StoredFileRow
 from smpc_app.addresses import MAX_URL_LENGTH, validate_canonical_node_url
 from smpc_app.identity import PUBLIC_KEY_RE, PUBLIC_KEY_RULE
 
@@ -157,12 +158,15 @@ class NodeAssignment(models.Model):
         return f"{self.get_role_display()} {self.position}"
 
 
-class ModelShare(models.Model):
+class ModelShare(StoredFileRow):
     """This node's part of a secret-shared model: a worker's share or the crypto provider's masks, in storage.
 
     The part is `torch.save` bytes of named int64 tensors, checked at upload against the model's spec
     (`smpc_protocol.hosting.check_part`); a registration has at most one part on a node.
     """
+
+    file_field = "archive"
+    not_found = "This node holds no share of this encrypted model."
 
     Role = NodeAssignment.Role
 
@@ -207,6 +211,13 @@ class ModelShare(models.Model):
                 violation_error_message="An encrypted model's part is never downloadable: any two parts rebuild it.",
             ),
         ]
+
+    def forget_loaded(self) -> None:
+        """The part leaves this process's part cache with its file (other processes never ask for it again: its
+        stored name is gone, and they lose their copy as their cache turns over)."""
+        from smpc_app.shares import part_cache  # shares builds on this module
+
+        part_cache.discard_archive(self.stored_name)
 
     def __str__(self) -> str:
         if self.party is None:

@@ -255,7 +255,7 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
         share = shares.share_for_download(model_id=check_object_id(model_id, "model_id"))
         # The type is stated: guessed from the file name, a .pt file was application/vnd.snesdev-page-table.
         return FileResponse(
-            shares.share_file(share=share),
+            share.open_stored(),
             as_attachment=True,
             filename=f"{share.registration.model_id}.share.pt",
             content_type=ShareBytesRenderer.media_type,

@@ -1,10 +1,11 @@
 """This node's part of a secret-shared model: stored, shown, downloaded, deleted, and loaded to run.
 
 A part is `torch.save` bytes of a dict of named int64 tensors (`smpc_protocol.hosting`): a worker's share
-(party 0 or 1) or the crypto provider's weight masks. It is kept like a hosted model's archive: a uuid
-file under `shares/` in the default storage, its size and sha256 beside it, written before its row and
-removed when the row cannot be inserted; deleting the row (here, with its registration, or in the admin)
-removes the file once the deletion commits (see `smpc_app.signals`).
+(party 0 or 1) or the crypto provider's weight masks. It is kept like a hosted model's archive, by the
+stored-file lifecycle of `gridnode.storedfiles`: a uuid file under `shares/` in the default storage, its
+size and sha256 beside it, stored with its row or not at all, and removed once the row's deletion commits
+(here, with its registration, or in the admin), when this process's loaded copy goes too
+(`ModelShare.forget_loaded`).
 
 Parts come from clients, so they are read only with `torch.load(..., weights_only=True)` after the zip
 checks, and they must be exactly the tensors the model's spec needs for the part's role.
@@ -13,7 +14,6 @@ checks, and they must be exactly the tensors the model's spec needs for the part
 import contextlib
 import io
 import math
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +22,21 @@ import torch
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from gridnode.auth import authenticated_or_none
 from gridnode.cache import ArchiveCache
-from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from gridnode.errors import BadRequest, Conflict, Forbidden, NotFound
 from gridnode.http import OBJECT_ID_RE
-from gridnode.uploads import StagedFile, stage_to_disk
+from gridnode.storedfiles import Staged, stage, store
 from gridnode.ziplimits import check_zip, is_zip
 from smpc_app.models import EncryptedModel, ModelShare
 from smpc_app.services import REGISTRATION_NOT_FOUND
 from smpc_protocol.hosting import check_part, expected_part_shapes
 from smpc_protocol.spec import ModelSpec, SpecError
 
-SHARE_NOT_FOUND = "This node holds no share of this encrypted model."
+SHARE_NOT_FOUND = ModelShare.not_found
 NOT_ALLOWED_TO_INFER = "Remote inference is not allowed for this encrypted model."
 NOT_ALLOWED_TO_DOWNLOAD = "You're not allowed to download this encrypted model's share."
 NEVER_DOWNLOADABLE = (
@@ -49,7 +48,10 @@ NEVER_DOWNLOADABLE = (
 SPEC_KEYS = ("version", "input_shape", "layers")
 # Beside the tensors' own bytes, a part's zip holds the pickle, torch's small records and padding.
 PART_OVERHEAD_BYTES = 1024 * 1024
-_PART_OF = {ModelShare.Role.WORKER: "a worker's", ModelShare.Role.CRYPTO_PROVIDER: "the crypto provider's"}
+_PART_OF: dict[str, str] = {
+    ModelShare.Role.WORKER: "a worker's",
+    ModelShare.Role.CRYPTO_PROVIDER: "the crypto provider's",
+}
 
 Part = dict[str, torch.Tensor]
 
@@ -59,21 +61,12 @@ part_cache: ArchiveCache[tuple[ModelSpec, Part]] = ArchiveCache(settings.GRIDNOD
 
 
 @dataclass
-class StagedShare:
-    """An uploaded part on local disk, checked against its role and spec, not yet stored under a model."""
+class StagedShare(Staged):
+    """An uploaded part in the staging folder, checked against its role and spec, not yet stored under a model."""
 
-    path: Path
-    size: int
-    sha256: str
     role: str
     party: int | None
     spec: ModelSpec
-    owned: bool  # whether the node made this file (and so removes it) or Django's upload handler did
-
-    def discard(self) -> None:
-        """Remove the staged file if the node made it."""
-        if self.owned:
-            self.path.unlink(missing_ok=True)
 
 
 def share_download_check(allow_download: bool | None) -> None:
@@ -116,11 +109,6 @@ def share_spec_check(*, spec_json) -> ModelSpec:
         raise BadRequest(f"'spec' is not a model the protocol runs: {exc}.") from None
 
 
-def _too_large() -> PayloadTooLarge:
-    limit = settings.GRIDNODE_MAX_MODEL_BYTES
-    return PayloadTooLarge(f"The share is larger than this node accepts ({limit} bytes).")
-
-
 def _load_part(source: Path | io.BytesIO, *, spec: ModelSpec, role: str) -> Part:
     """The tensors of a stored or staged part, checked to be exactly those `spec` needs for `role`.
 
@@ -160,24 +148,15 @@ def _load_part(source: Path | io.BytesIO, *, spec: ModelSpec, role: str) -> Part
     return dict(part)
 
 
-def _stage_file(*, role: str, party: int | None, spec: ModelSpec, upload=None, content: bytes | None = None):
+def _stage_file(
+    *, role: str, party: int | None, spec: ModelSpec, upload=None, content: bytes | None = None
+) -> StagedShare:
     """Stage an uploaded part on disk and check it against a checked role and spec."""
-    declared = upload.size if upload is not None else len(content or b"")
-    if declared > settings.GRIDNODE_MAX_MODEL_BYTES:
-        raise _too_large()
-    path, size, sha256, owned = stage_to_disk(upload=upload, content=content)
-    try:
-        if size == 0:
-            raise BadRequest("'share' is empty.")
-        if size > settings.GRIDNODE_MAX_MODEL_BYTES:
-            raise _too_large()
-        part = _load_part(path, spec=spec, role=role)
+    staged = stage(upload=upload, content=content, field="share", noun="share", limit=settings.GRIDNODE_MAX_MODEL_BYTES)
+    with staged.discarded_on_error():
+        part = _load_part(staged.path, spec=spec, role=role)
         del part  # releases the memory map before the file is moved into storage
-    except BaseException:
-        if owned:
-            path.unlink(missing_ok=True)
-        raise
-    return StagedShare(path=path, size=size, sha256=sha256, role=role, party=party, spec=spec, owned=owned)
+    return StagedShare(**vars(staged), role=role, party=party, spec=spec)
 
 
 def share_stage(*, role, party, spec_json, upload=None, content: bytes | None = None) -> StagedShare:
@@ -198,10 +177,14 @@ def _registration(model_id: str) -> EncryptedModel:
         raise NotFound(REGISTRATION_NOT_FOUND) from None
 
 
+def _already_has_a_share(registration: EncryptedModel) -> Conflict:
+    return Conflict(f"Encrypted model with id: {registration.model_id} already has a share on this node.")
+
+
 def share_available(*, registration: EncryptedModel) -> None:
     """A 409 when the registration already has a share here; checked early so a duplicate is not staged."""
     if ModelShare.objects.filter(registration=registration).exists():
-        raise Conflict(f"Encrypted model with id: {registration.model_id} already has a share on this node.")
+        raise _already_has_a_share(registration)
 
 
 def _full_clean(share: ModelShare) -> None:
@@ -225,47 +208,43 @@ def share_save(
     allow_download: bool,
     uploaded_by: AbstractBaseUser | None = None,
 ) -> ModelShare:
-    """Store a staged part as a registration's share; the one-to-one column settles concurrent uploads.
-
-    The file is written first and removed again if the row is not inserted, so nothing is half-stored.
+    """Store a staged part as a registration's share (gridnode.storedfiles: the file and its row, or
+    neither); the one-to-one column settles concurrent uploads, the foreign key a registration deleted
+    meanwhile (a 404).
     """
-    try:
+
+    def available() -> None:
         share_download_check(allow_download)
         share_available(registration=registration)
-        with StagedFile(staged.path) as staged_file:
-            name = default_storage.save(f"shares/{uuid.uuid4().hex}.pt", staged_file)
-    finally:
-        staged.discard()
-    share = ModelShare(
-        registration=registration,
-        role=staged.role,
-        party=staged.party,
-        spec=staged.spec.to_json(),
-        spec_digest=staged.spec.digest(),
-        archive=name,
-        size=staged.size,
-        sha256=staged.sha256,
-        allow_remote_inference=allow_remote_inference,
-        allow_download=allow_download,
-        uploaded_by=authenticated_or_none(uploaded_by),
-    )
-    try:
-        _full_clean(share)
-        with transaction.atomic():
-            share.save()
-    except IntegrityError:
-        default_storage.delete(name)
+
+    def taken() -> Exception | None:
         if ModelShare.objects.filter(registration_id=registration.pk).exists():
-            raise Conflict(
-                f"Encrypted model with id: {registration.model_id} already has a share on this node."
-            ) from None
+            return _already_has_a_share(registration)
         if not EncryptedModel.objects.filter(pk=registration.pk).exists():
-            raise NotFound(REGISTRATION_NOT_FOUND) from None  # deleted while the part was being stored
-        raise
-    except BaseException:
-        default_storage.delete(name)
-        raise
-    return share
+            return NotFound(REGISTRATION_NOT_FOUND)  # deleted while the part was being stored
+        return None
+
+    return store(
+        staged,
+        folder="shares",
+        suffix=".pt",
+        available=available,
+        taken=taken,
+        clean=_full_clean,
+        row=lambda name: ModelShare(
+            registration=registration,
+            role=staged.role,
+            party=staged.party,
+            spec=staged.spec.to_json(),
+            spec_digest=staged.spec.digest(),
+            archive=name,
+            size=staged.size,
+            sha256=staged.sha256,
+            allow_remote_inference=allow_remote_inference,
+            allow_download=allow_download,
+            uploaded_by=authenticated_or_none(uploaded_by),
+        ),
+    )
 
 
 def share_store(
@@ -312,7 +291,7 @@ def share_get(*, model_id: str) -> ModelShare:
 
 
 def share_delete(*, model_id: str) -> None:
-    """Delete this node's part of an encrypted model; its file goes once the deletion commits (see signals)."""
+    """Delete this node's part of an encrypted model; its file goes once the deletion commits (gridnode.storedfiles)."""
     with transaction.atomic():
         deleted, _ = ModelShare.objects.filter(registration__model_id=model_id).delete()
     if not deleted:
@@ -349,24 +328,18 @@ def share_for_download(*, model_id: str) -> ModelShare:
     return share
 
 
-def share_file(*, share: ModelShare) -> File:
-    """The stored part, open for reading (a 404 when it was deleted after its row was read)."""
+def _load_stored_part(share: ModelShare, *, spec: ModelSpec, role: str) -> Part:
+    """A stored part's tensors, memory-mapped when the storage is a local disk; a part deleted since its
+    row was read is the 404 of the share, as if the request had come a moment later."""
+    source: Path | io.BytesIO
     try:
-        return share.archive.open("rb")
+        source = Path(default_storage.path(share.stored_name))
+    except NotImplementedError:  # the object store (gridnode/objectstore.py)
+        source = io.BytesIO(share.read_stored())
+    try:
+        return _load_part(source, spec=spec, role=role)
     except FileNotFoundError:
         raise NotFound(SHARE_NOT_FOUND) from None
-
-
-def _load_stored_part(name: str, *, spec: ModelSpec, role: str) -> Part:
-    """A stored part's tensors, memory-mapped when the storage is a local disk."""
-    try:
-        source: Path | io.BytesIO = Path(default_storage.path(name))
-    except NotImplementedError:
-        with default_storage.open(name, "rb") as stored:
-            source = io.BytesIO(stored.read())
-    if isinstance(source, Path) and not source.exists():
-        raise FileNotFoundError(name)
-    return _load_part(source, spec=spec, role=role)
 
 
 def share_load(*, model_id: str, role: str) -> tuple[ModelShare, ModelSpec, Part]:
@@ -383,16 +356,11 @@ def share_load(*, model_id: str, role: str) -> tuple[ModelShare, ModelSpec, Part
         raise Forbidden(NOT_ALLOWED_TO_INFER)
     if share.role != role:
         raise Conflict(f"This node holds {_PART_OF[share.role]} part of this encrypted model, not {_PART_OF[role]}.")
-    key = (model_id, share.archive.name)
+    key = (model_id, share.stored_name)
     entry = part_cache.get(key)
     if entry is None:
         spec = ModelSpec.from_json(share.spec)
-        try:
-            part = _load_stored_part(share.archive.name, spec=spec, role=role)
-        except FileNotFoundError:
-            # Deleted between the query and the read: as if the request had come a moment later.
-            raise NotFound(SHARE_NOT_FOUND) from None
-        entry = (spec, part)
+        entry = (spec, _load_stored_part(share, spec=spec, role=role))
         part_cache.put(key, entry)
     return share, *entry
 
