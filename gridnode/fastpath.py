@@ -16,6 +16,8 @@ import http
 import io
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import perf_counter
 
 from django.core import signals
@@ -59,19 +61,21 @@ class FastPath:
 
     paths: re.Pattern  # matched against the whole PATH_INFO
     group: str  # the auth group of the routes it serves (gridnode.auth)
+    # Whether Django's request signals go around every answer. A path whose answers mostly touch no database
+    # sets it False and sends them, with `django_request`, around the steps that do.
+    signals_around_every_answer = True
 
     def __init__(self, app):
         self.app = app
 
     def __call__(self, environ, start_response):
         match = self.paths.fullmatch(environ.get("PATH_INFO", ""))
-        length = content_length(environ)
         if (
             match is None
             or environ.get("REQUEST_METHOD") != "POST"
             # Django decodes a query its own way and DRF reads ?format=; clients of these paths send none.
             or environ.get("QUERY_STRING")
-            or length is None
+            or (length := content_length(environ)) is None
             or not auth.answers_without_a_token(self.group, environ)
             or not host_allowed(environ)
             or not self.takes(environ, length)
@@ -79,14 +83,17 @@ class FastPath:
             return self.app(environ, start_response)
         started = perf_counter()
         # Django's bookkeeping around a request: database connections past their age or broken are closed.
-        signals.request_started.send(sender=type(self), environ=environ)
+        signalled = self.signals_around_every_answer
+        if signalled:
+            signals.request_started.send(sender=type(self), environ=environ)
         try:
             answer = self.answer(environ, match, length)
         except GridError as error:
             rendered = error.response()
             answer = (rendered.status_code, rendered["Content-Type"], [], rendered.content)
         finally:
-            signals.request_finished.send(sender=type(self))
+            if signalled:
+                signals.request_finished.send(sender=type(self))
         if answer is None:
             return self.app(environ, start_response)
         status, content_type, headers, content = answer
@@ -122,6 +129,16 @@ class FastPath:
     def log_fields(self, match: re.Match) -> dict:
         """More fields of the request log line (e.g. the model id)."""
         return {}
+
+    @contextmanager
+    def django_request(self, environ) -> Iterator[None]:
+        """Django's request signals around a step, as its handler sends them around a request: they close the
+        database connections that are broken or past their age."""
+        signals.request_started.send(sender=type(self), environ=environ)
+        try:
+            yield
+        finally:
+            signals.request_finished.send(sender=type(self))
 
     @staticmethod
     def read_body(environ, length: int) -> bytes:
