@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 
+from gridnode.auth import GROUPS
 from gridnode.errors import BadGateway
 from gridnode.wsgi import application
 from smpc_app.channels import SessionMailbox, Traffic
@@ -306,6 +307,68 @@ def test_unsigned_exchanges_are_refused_before_any_session_is_touched(api, alice
     assert through_django.status_code == 401
     assert through_django.json() == json.loads(unsigned[2])
     assert not ExchangeSession.objects.exists()
+
+
+def test_an_exchange_needs_no_token_with_every_group_closed(api, alice, settings):
+    """Nodes prove themselves with their signature: closing every group (GRIDNODE_AUTH_*) asks them no token."""
+    for group in GROUPS:
+        setattr(settings, f"GRIDNODE_AUTH_{group.upper()}", True)
+    sender = party_zero(alice)
+    body = sender.message(0)
+
+    status, _, content, _ = send(sender)  # signed: it gets as far as the session, which does not run here
+    unsigned_through_django = api.post(f"{PATH}?format=smpc", body, content_type="application/octet-stream")
+
+    assert status == 504
+    assert json.loads(content)["error"].startswith(f"No evaluation of session {sender.session_id} is running")
+    assert unsigned_through_django.status_code == 401
+    assert "unsigned" in unsigned_through_django.json()["error"]
+
+
+def test_a_token_sent_with_an_exchange_is_checked_as_django_checks_it(api, alice):
+    """Before: the fast path ignored an Authorization header that Django refuses when its token is wrong."""
+    sender = party_zero(alice)
+    body = sender.message(0)
+    headers = {**sender.headers(body, 0), "Authorization": "Token wrong"}
+
+    status, answer_headers, content = post(body, headers)
+    through_django = api.post(f"{PATH}?format=smpc", body, content_type="application/octet-stream", headers=headers)
+
+    assert (status, answer_headers["www-authenticate"]) == (401, "Token")
+    assert json.loads(content) == through_django.json() == {"error": "Invalid token."}
+    assert not ExchangeSession.objects.exists()
+
+
+@pytest.mark.parametrize("length", [None, "ten"])
+def test_an_exchange_without_a_plain_content_length_is_refused_by_django_from_its_headers(alice, length):
+    sender = party_zero(alice)
+    body = sender.message(0)
+
+    unsigned = call_with_content_length(body, {}, length)
+    signed = call_with_content_length(body, sender.headers(body, 0), length)
+
+    assert (unsigned[0], json.loads(unsigned[2])["error"]) == (
+        401,
+        "This endpoint is for the nodes of an encrypted model: the request is unsigned.",
+    )
+    assert (signed[0], json.loads(signed[2])["error"]) == (
+        400,
+        "The request's Content-Length is not the length its sender signed.",
+    )
+    assert not ExchangeSession.objects.exists()
+
+
+def call_with_content_length(body: bytes, headers: dict, length: str | None):
+    """POST a message through the node with this Content-Length header (None: none at all)."""
+
+    def with_length(environ, start_response):
+        if length is None:
+            del environ["CONTENT_LENGTH"]
+        else:
+            environ["CONTENT_LENGTH"] = length
+        return application(environ, start_response)
+
+    return call_wsgi(with_length, "POST", PATH, body, content_type="application/octet-stream", headers=headers)
 
 
 def test_a_large_body_is_refused_before_a_byte_of_it_is_read(alice):
