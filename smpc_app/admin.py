@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from gridnode.errors import GridError
-from smpc_app import services, shares, trust
+from smpc_app import registrations, shares, trust
 from smpc_app.addresses import MAX_URL_LENGTH, URL_RULE, normalize_node_url
 from smpc_app.identity import node_identity
 from smpc_app.models import EncryptedModel, ModelShare, NodeAssignment, TrustedNode, WorkerNode
@@ -49,7 +49,7 @@ class NodeAssignmentForm(forms.ModelForm):
 class NodeAssignmentFormSet(BaseInlineFormSet):
     """The nodes of one registration, checked as a whole by the rules `POST /encrypted-models` applies."""
 
-    nodes: services.NodeLists | None = None
+    nodes: registrations.NodeLists | None = None
 
     def validate_unique(self) -> None:
         # Positions are renumbered on save, so two rows may share one (row order breaks the tie) and
@@ -72,7 +72,7 @@ class NodeAssignmentFormSet(BaseInlineFormSet):
             )
         entries.sort()
         try:
-            self.nodes = services.node_lists_check(
+            self.nodes = registrations.node_lists_check(
                 workers=[url for role, *_, url in entries if role == NodeAssignment.Role.WORKER],
                 crypto_provider=[url for role, *_, url in entries if role == NodeAssignment.Role.CRYPTO_PROVIDER],
             )
@@ -161,14 +161,14 @@ class EncryptedModelAdmin(admin.ModelAdmin):
         nodes = next(formset.nodes for formset in formsets if isinstance(formset, NodeAssignmentFormSet))
         obj = form.instance
         if change:
-            services.encrypted_model_update(
+            registrations.encrypted_model_update(
                 registration=obj,
                 description=form.cleaned_data["description"],
                 workers=nodes.workers,
                 crypto_provider=nodes.crypto_provider,
             )
         else:
-            registration = services.encrypted_model_register(
+            registration = registrations.encrypted_model_register(
                 model_id=form.cleaned_data["model_id"],
                 description=form.cleaned_data["description"],
                 workers=nodes.workers,
@@ -181,11 +181,11 @@ class EncryptedModelAdmin(admin.ModelAdmin):
             formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
     def delete_model(self, request, obj):
-        services.encrypted_model_delete(model_id=obj.model_id)
+        registrations.encrypted_model_delete(model_id=obj.model_id)
 
     def delete_queryset(self, request, queryset):
         for model_id in queryset.values_list("model_id", flat=True):
-            services.encrypted_model_delete(model_id=model_id)
+            registrations.encrypted_model_delete(model_id=model_id)
 
 
 @admin.register(WorkerNode)

@@ -14,7 +14,7 @@ class WorkerNode(models.Model):
     """A grid node that holds shares of encrypted models or supplies their randomness, one row per address.
 
     Rows are shared by every registration that names the address and live as long as one does
-    (see `smpc_app.services`). The node stores the address only; it never connects to it.
+    (see `smpc_app.registrations`). The node stores the address only; it never connects to it.
     """
 
     url = models.CharField(

@@ -29,7 +29,7 @@ class ModelShareSerializer(serializers.ModelSerializer):
 
 
 class EncryptedModelSerializer(serializers.ModelSerializer):
-    """A registration as the API answers it (read-only; writes go through `smpc_app.services`)."""
+    """A registration as the API answers it (read-only; writes go through `smpc_app.registrations`)."""
 
     workers = serializers.ListField(source="worker_urls", read_only=True)
     crypto_provider = serializers.ListField(source="crypto_provider_urls", read_only=True)

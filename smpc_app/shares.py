@@ -32,7 +32,7 @@ from gridnode.http import OBJECT_ID_RE
 from gridnode.storedfiles import Staged, stage, store
 from gridnode.ziplimits import check_zip, is_zip
 from smpc_app.models import EncryptedModel, ModelShare
-from smpc_app.services import REGISTRATION_NOT_FOUND
+from smpc_app.registrations import REGISTRATION_NOT_FOUND
 from smpc_protocol.hosting import check_part, expected_part_shapes
 from smpc_protocol.spec import ModelSpec, SpecError
 

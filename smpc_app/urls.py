@@ -3,9 +3,9 @@ without a trailing slash."""
 
 from django.urls import re_path
 
+from smpc_app.registration_views import EncryptedModelViewSet
 from smpc_app.runtime_views import EncryptedInferenceViewSet
 from smpc_app.share_views import EncryptedModelShareViewSet
-from smpc_app.views import EncryptedModelViewSet
 
 MODEL_ID = r"(?P<model_id>[^/]+)"
 

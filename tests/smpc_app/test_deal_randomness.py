@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gridnode.wsgi import application
-from smpc_app import services
+from smpc_app import registrations
 from smpc_app.identity import node_identity
 from smpc_app.models import RandomnessSession
 from smpc_app.nodeauth import (
@@ -103,8 +103,8 @@ def test_no_node_gets_both_halves_even_when_the_registration_is_changed_between_
     alice = peers["alice"]
     assert deal(api, message(session, 0, shared_model=provider), by=alice, session=session).status_code == 200
     # A writer re-registers the model with alice as party 1 (bob as party 0).
-    services.encrypted_model_update(
-        registration=services.encrypted_model_get(model_id="shared"),
+    registrations.encrypted_model_update(
+        registration=registrations.encrypted_model_get(model_id="shared"),
         description="",
         workers=[BOB, ALICE],
         crypto_provider=[CRYPTO],

@@ -12,7 +12,7 @@ from gridnode.auth import READ, WRITE, requires
 from gridnode.errors import BadRequest
 from gridnode.http import body_field, check_object_id
 from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, OBJECT_ID_SCHEMA, errors, id_parameter, json_form_and_multipart
-from smpc_app import services
+from smpc_app import registrations
 from smpc_app.serializers import EncryptedModelSerializer
 
 INVALID_PAYLOAD = "Invalid payload format"
@@ -78,7 +78,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         """POST /encrypted-models: register a model's workers and crypto provider(s)."""
         data = request.data
         model_id = check_object_id(body_field(data, "model_id"), "model_id")
-        registration = services.encrypted_model_register(
+        registration = registrations.encrypted_model_register(
             model_id=model_id,
             workers=_list_field(data, "workers"),
             crypto_provider=_list_field(data, "crypto_provider"),
@@ -107,8 +107,8 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(READ)
     def list(self, request):
         """GET /encrypted-models: every registration, oldest first."""
-        registrations = services.encrypted_models()
-        return Response({"encrypted_models": EncryptedModelSerializer(registrations, many=True).data})
+        every = registrations.encrypted_models()
+        return Response({"encrypted_models": EncryptedModelSerializer(every, many=True).data})
 
     @extend_schema(
         operation_id="get_encrypted_model",
@@ -120,7 +120,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(READ)
     def retrieve(self, request, model_id):
         """GET /encrypted-models/<id>: one registration."""
-        registration = services.encrypted_model_get(model_id=check_object_id(model_id, "model_id"))
+        registration = registrations.encrypted_model_get(model_id=check_object_id(model_id, "model_id"))
         return Response(EncryptedModelSerializer(registration).data)
 
     @extend_schema(
@@ -133,7 +133,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(WRITE)
     def destroy(self, request, model_id):
         """DELETE /encrypted-models/<id>: remove a registration (the worker nodes themselves are not told)."""
-        services.encrypted_model_delete(model_id=check_object_id(model_id, "model_id"))
+        registrations.encrypted_model_delete(model_id=check_object_id(model_id, "model_id"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -167,7 +167,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         model_id = data.get("model_id") if isinstance(data, dict) else None
         if not isinstance(model_id, str):
             raise BadRequest(INVALID_PAYLOAD)
-        nodes = services.encrypted_model_nodes(model_id=model_id)
+        nodes = registrations.encrypted_model_nodes(model_id=model_id)
         return Response({"workers": nodes.workers, "crypto_provider": nodes.crypto_provider})
 
 
