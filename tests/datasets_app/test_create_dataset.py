@@ -11,9 +11,23 @@ import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from datasets_app.models import Dataset, Tag
-from tests.datasets_app.helpers import saved, staged_files, stored_files
+from tests.api_cases import BodyIdRuleCases, with_id
+from tests.datasets_app.helpers import DatasetCases, saved, staged_files, stored_files
 
 pytestmark = pytest.mark.django_db
+
+
+class TestIdCases(DatasetCases, BodyIdRuleCases):
+    """The id rule on upload (an id left out is made up: test_without_an_id_it_makes_up_a_uuid)."""
+
+    method = "post"
+    path = "/datasets"
+    effect = "creates"
+    ok_status = 201
+    id_in_answer = "id"
+
+    def body(self, object_id):
+        return with_id({"tags": ["#t"], "data": [1.0]}, "id", object_id)
 
 
 def assert_nothing_stored(data_dir):
@@ -216,10 +230,6 @@ def test_the_tag_limit_counts_distinct_tags_and_follows_the_setting(api, setting
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"id": "../../etc/passwd"}, "'id' must be 1-128 characters"),
-        ({"id": "x" * 129}, "'id' must be"),
-        ({"id": "-dash-first"}, "'id' must be"),
-        ({"id": 12}, "'id' must be"),
         ({"tags": "#not-a-list"}, "'tags' must be a list of strings."),
         ({"tags": ["#ok", 3]}, "'tags' must be a list of strings."),
         ({"tags": [""]}, "Tags are 1-100 characters long; tag 1 is 0."),

@@ -4,26 +4,18 @@ import pytest
 from django.db import transaction
 
 from datasets_app.models import Dataset, Tag
-from tests.datasets_app.helpers import stored_files
+from tests.api_cases import DeleteCases, PathIdRuleCases, UnknownIdCases
+from tests.datasets_app.helpers import DatasetCases
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", ["/datasets/gone", "/datasets/gone/"])
-def test_it_deletes_the_dataset_and_its_file(api, upload, data_dir, path):
-    upload("gone", tags=["#a", "#shared"])
-    upload("kept", tags=["#shared"])
-    stored = data_dir / "files" / Dataset.objects.get(dataset_id="gone").data.name
-    assert stored.exists()
-
-    response = api.delete(path)
-
-    assert response.status_code == 204
-    assert response.content == b""
-    assert list(Dataset.objects.values_list("dataset_id", flat=True)) == ["kept"]
-    assert not stored.exists()
-    assert stored_files(data_dir) == [Dataset.objects.get().data.name.split("/")[-1]]
-    assert Dataset.tags.through.objects.count() == 1
-    assert api.get("/datasets/gone").status_code == 404
+@pytest.mark.django_db
+class TestIdCases(DatasetCases, DeleteCases, UnknownIdCases, PathIdRuleCases):
+    method = "delete"
+    path = "/datasets/{id}"
+    spellings = ("/datasets/{id}", "/datasets/{id}/")
+    effect = "deletes"
+    ok_status = 204
+    lookup_path = "/datasets/{id}"
 
 
 def delete_then_fail() -> None:
@@ -51,21 +43,3 @@ def test_tag_rows_stay_but_leave_the_dataset_tags_listing(api, upload):
 
     assert Tag.objects.filter(name="#lonely").exists()
     assert api.get("/dataset-tags").json() == []
-
-
-@pytest.mark.django_db
-def test_an_unknown_dataset_is_404(api, upload):
-    upload("kept")
-
-    response = api.delete("/datasets/missing")
-
-    assert response.status_code == 404
-    assert response.json() == {"error": "Dataset not found."}
-    assert Dataset.objects.count() == 1
-
-
-@pytest.mark.django_db
-def test_an_id_breaking_the_rules_is_400(api):
-    response = api.delete("/datasets/..")
-    assert response.status_code == 400
-    assert "'id' must be" in response.json()["error"]

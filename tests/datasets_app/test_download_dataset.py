@@ -8,9 +8,14 @@ import torch
 from django.core.files.storage import default_storage
 
 from datasets_app.models import Dataset
-from tests.datasets_app.helpers import saved
+from tests.api_cases import PathIdRuleCases, UnknownIdCases
+from tests.datasets_app.helpers import DatasetCases, saved
 
 pytestmark = pytest.mark.django_db
+
+
+class TestIdCases(DatasetCases, UnknownIdCases, PathIdRuleCases):
+    path = "/datasets/{id}/data"
 
 
 def upload_tensor(api, dataset_id: str, tensor: torch.Tensor, *, allow_download: bool = True) -> bytes:
@@ -104,12 +109,6 @@ def test_it_answers_403_unless_downloads_are_allowed(api):
 def test_a_dataset_uploaded_without_the_flag_is_private(api, upload):
     upload("default")
     assert api.get("/datasets/default/data").status_code == 403
-
-
-def test_an_unknown_dataset_is_404(api):
-    response = api.get("/datasets/missing/data")
-    assert response.status_code == 404
-    assert response.json() == {"error": "Dataset not found."}
 
 
 def test_a_file_gone_from_storage_is_404_not_500(api):

@@ -2,7 +2,15 @@
 
 import pytest
 
+from tests.api_cases import PathIdRuleCases, UnknownIdCases
+from tests.datasets_app.helpers import DatasetCases
+
 pytestmark = pytest.mark.django_db
+
+
+class TestIdCases(DatasetCases, UnknownIdCases, PathIdRuleCases):
+    path = "/datasets/{id}"
+    id_in_answer = "id"
 
 
 @pytest.mark.parametrize("path", ["/datasets/meta", "/datasets/meta/"])
@@ -25,26 +33,9 @@ def test_it_answers_the_metadata(api, upload, path):
     assert "data" not in answer
 
 
-def test_ids_with_every_allowed_character_work_in_the_path(api, upload):
-    upload("user@node:set_1.v-2")
-    assert api.get("/datasets/user@node:set_1.v-2").json()["id"] == "user@node:set_1.v-2"
-
-
 def test_an_id_named_data_is_still_a_dataset(api, upload):
     upload("data")
     assert api.get("/datasets/data").json()["id"] == "data"
-
-
-def test_an_unknown_id_is_a_json_404(api):
-    response = api.get("/datasets/missing")
-    assert response.status_code == 404
-    assert response.json() == {"error": "Dataset not found."}
-
-
-def test_an_id_breaking_the_rules_is_a_400(api):
-    response = api.get("/datasets/-bad")
-    assert response.status_code == 400
-    assert "'id' must be" in response.json()["error"]
 
 
 def test_a_deeper_path_is_a_json_404(api, upload):

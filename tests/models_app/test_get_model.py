@@ -6,7 +6,14 @@ import io
 import pytest
 import torch
 
+from tests.api_cases import PathIdRuleCases, UnknownIdCases
+from tests.models_app.helpers import HostedModelCases
+
 pytestmark = pytest.mark.django_db
+
+
+class TestIdCases(HostedModelCases, UnknownIdCases, PathIdRuleCases):
+    path = "/get_model/{id}"
 
 
 def test_it_returns_the_archive_as_latin1_text_that_loads(api, serve, mlp_jit):
@@ -49,13 +56,6 @@ def test_it_answers_403_when_downloads_are_not_allowed(api, serve, mlp_jit):
         response = api.get("/get_model/closed", HTTP_ACCEPT=accept)
         assert response.status_code == 403
         assert response.json() == {"success": False, "error": "You're not allowed to download this model."}
-
-
-def test_it_answers_404_for_an_unknown_model(api):
-    response = api.get("/get_model/missing")
-
-    assert response.status_code == 404
-    assert response.json() == {"success": False, "error": "Model not found."}
 
 
 def test_it_answers_400_for_an_unknown_encoding(api, serve, mlp_jit):

@@ -2,7 +2,14 @@
 
 import pytest
 
+from tests.api_cases import PathIdRuleCases, UnknownIdCases
+from tests.models_app.helpers import HostedModelCases
+
 pytestmark = pytest.mark.django_db
+
+
+class TestIdCases(HostedModelCases, UnknownIdCases, PathIdRuleCases):
+    path = "/is_model_copy_allowed/{id}"
 
 
 def test_it_says_yes_when_downloads_are_allowed(api, serve, mlp_jit):
@@ -19,18 +26,3 @@ def test_it_answers_403_when_downloads_are_not_allowed(api, serve, mlp_jit):
 
     assert response.status_code == 403
     assert response.json() == {"success": False, "error": "You're not allowed to download this model."}
-
-
-def test_it_answers_404_for_an_unknown_model(api):
-    response = api.get("/is_model_copy_allowed/nope")
-
-    assert response.status_code == 404
-    assert response.json() == {"success": False, "error": "Model not found."}
-
-
-def test_it_answers_400_for_an_id_outside_the_rules(api):
-    response = api.get("/is_model_copy_allowed/%2E%2E")
-
-    assert response.status_code == 400
-    assert response.json()["success"] is False
-    assert "'model_id' must be" in response.json()["error"]

@@ -6,11 +6,22 @@ import io
 import pytest
 import torch
 
+from tests.api_cases import PathIdRuleCases, UnknownIdCases
 from tests.conftest import TwoInputs, small_mlp
+from tests.models_app.helpers import HostedModelCases
 
 pytestmark = pytest.mark.django_db
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 0.0, -0.5, 3.0]]
+
+
+class TestIdCases(HostedModelCases, UnknownIdCases, PathIdRuleCases):
+    method = "post"
+    path = "/model/{id}"
+    error_fields = {"success": False, "status": False}
+
+    def body(self, object_id):
+        return {"data": X}
 
 
 def expected(x=X):
@@ -138,13 +149,6 @@ def test_it_answers_403_when_inference_is_not_allowed(api, serve, mlp_jit):
         "status": False,
         "error": "You're not allowed to run inference on this model.",
     }
-
-
-def test_it_answers_404_for_an_unknown_model(api):
-    response = api.post("/model/missing", {"data": X}, format="json")
-
-    assert response.status_code == 404
-    assert response.json() == {"success": False, "status": False, "error": "Model not found."}
 
 
 class Canary:
