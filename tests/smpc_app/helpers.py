@@ -1,6 +1,10 @@
-"""Addresses and a database read-back shared by the encrypted-model tests."""
+"""Addresses, a database read-back and the registrations as a resource of the shared id cases
+(tests/api_cases.py), for the encrypted-model tests."""
 
-from smpc_app.models import NodeAssignment
+import pytest
+
+from smpc_app.models import EncryptedModel, NodeAssignment, WorkerNode
+from tests.api_cases import ResourceCases
 
 ALICE = "http://alice.example:5000"
 BOB = "http://bob.example:5000"
@@ -15,6 +19,26 @@ def stored_nodes(model_id: str) -> dict[str, list[str]]:
     for role, url in rows.values_list("role", "node__url"):
         nodes["workers" if role == NodeAssignment.Role.WORKER else "crypto_provider"].append(url)
     return nodes
+
+
+class EncryptedModelCases(ResourceCases):
+    """A registration: a row, its node assignments and the worker rows they use, made by POST
+    /encrypted-models with workers Alice and Bob and crypto provider CRYPTO."""
+
+    model = EncryptedModel
+    id_column = "model_id"
+    id_field = "model_id"
+    not_found = "Encrypted model not found."
+
+    @pytest.fixture
+    def make(self, register):
+        return lambda model_id: register(model_id)
+
+    def related_state(self) -> dict:
+        return {
+            "assignments": NodeAssignment.objects.count(),
+            "nodes": sorted(WorkerNode.objects.values_list("url", flat=True)),
+        }
 
 
 class PeerNode:

@@ -2,23 +2,22 @@
 
 import pytest
 
-from smpc_app.models import EncryptedModel, NodeAssignment, WorkerNode
-from tests.smpc_app.helpers import ALICE, BOB, CAROL, CRYPTO, stored_nodes
+from smpc_app.models import EncryptedModel, WorkerNode
+from tests.api_cases import DeleteCases, PathIdRuleCases, UnknownIdCases
+from tests.smpc_app.helpers import ALICE, BOB, CAROL, CRYPTO, EncryptedModelCases, stored_nodes
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.parametrize("path", ["/encrypted-models/gone", "/encrypted-models/gone/"])
-def test_it_deletes_the_registration_and_its_unused_nodes(api, register, path):
-    register("gone", workers=[ALICE, BOB], crypto_provider=[CRYPTO])
+class TestIdCases(EncryptedModelCases, DeleteCases, UnknownIdCases, PathIdRuleCases):
+    """Deleting the only registration also takes its node assignments and the worker rows they used."""
 
-    response = api.delete(path)
-
-    assert response.status_code == 204
-    assert response.content == b""
-    assert not EncryptedModel.objects.exists()
-    assert not NodeAssignment.objects.exists()
-    assert not WorkerNode.objects.exists()
+    method = "delete"
+    path = "/encrypted-models/{id}"
+    spellings = ("/encrypted-models/{id}", "/encrypted-models/{id}/")
+    effect = "deletes"
+    ok_status = 204
+    lookup_path = "/encrypted-models/{id}"
 
 
 def test_it_keeps_the_nodes_other_registrations_use(api, register):
@@ -46,33 +45,6 @@ def test_a_model_registered_again_gets_its_nodes_again(api, register):
     assert (created["workers"], created["crypto_provider"]) == ([BOB, CAROL], [ALICE])
     assert stored_nodes("again") == {"workers": [BOB, CAROL], "crypto_provider": [ALICE]}
     assert WorkerNode.objects.count() == 3
-
-
-def test_it_answers_404_for_an_unknown_model(api, register):
-    register("kept")
-
-    response = api.delete("/encrypted-models/missing")
-
-    assert response.status_code == 404
-    assert response.json() == {"error": "Encrypted model not found."}
-    assert EncryptedModel.objects.count() == 1
-    assert WorkerNode.objects.count() == 3
-
-
-def test_a_second_delete_answers_404(api, register):
-    register("once")
-    assert api.delete("/encrypted-models/once").status_code == 204
-    response = api.delete("/encrypted-models/once")
-    assert response.status_code == 404
-    assert response.json() == {"error": "Encrypted model not found."}
-
-
-def test_it_answers_400_for_an_id_outside_the_rules(api, register):
-    register("kept")
-    response = api.delete("/encrypted-models/..")
-    assert response.status_code == 400
-    assert "'model_id'" in response.json()["error"]
-    assert EncryptedModel.objects.count() == 1
 
 
 def test_delete_on_the_collection_is_a_405(api, register):
