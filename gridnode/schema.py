@@ -10,7 +10,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import build_media_type_object, force_instance
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 
-from gridnode.fields import BOOLEAN_SCHEMA, ENCODING_SCHEMA, OBJECT_ID_SCHEMA, RequestBody
+from gridnode.fields import OBJECT_ID_SCHEMA, RequestBody
 from gridnode.http import OBJECT_ID_RULE
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -27,10 +27,6 @@ ERROR_SCHEMA = {
     },
     "required": ["error"],
 }
-
-# For bodies still described by hand (smpc_app's): a RequestBody's fields describe themselves (gridnode.fields).
-BOOLEAN_FIELD = BOOLEAN_SCHEMA
-ENCODING_FIELD = ENCODING_SCHEMA
 
 # What each status means on this node (api.md: "Every error").
 _MEANINGS = {
@@ -106,7 +102,9 @@ def json_form_and_multipart(json_schema: dict, *, files: tuple[str, ...] = ()) -
     form_properties = {}
     for name, field in json_schema["properties"].items():
         form_properties[name] = _as_form_field(field)
-    form = {"type": "object", "properties": form_properties, "required": json_schema.get("required", [])}
+    form: dict = {"type": "object", "properties": form_properties}
+    if json_schema.get("required"):  # OpenAPI 3.0 refuses an empty list (a body whose fields are all optional)
+        form["required"] = json_schema["required"]
     multipart_properties = dict(form_properties)
     for name in files:
         multipart_properties[name] = {

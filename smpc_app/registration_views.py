@@ -2,7 +2,6 @@
 
 import json
 
-from django.http import QueryDict
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
@@ -10,42 +9,12 @@ from rest_framework.response import Response
 
 from gridnode.auth import READ, WRITE, requires
 from gridnode.errors import BadRequest
-from gridnode.http import body_field, check_object_id
-from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, OBJECT_ID_SCHEMA, errors, id_parameter, json_form_and_multipart
+from gridnode.http import check_object_id
+from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, errors, id_parameter
 from smpc_app import registrations
-from smpc_app.serializers import EncryptedModelSerializer
-
-INVALID_PAYLOAD = "Invalid payload format"
-
-
-def _list_field(data, name: str):
-    """A list field of a JSON object, or every value of a repeated form field (None when absent)."""
-    if isinstance(data, QueryDict):
-        return data.getlist(name) if name in data else None
-    return body_field(data, name)
-
-
-def _description(data) -> str:
-    """The optional description: a string, empty when absent."""
-    value = body_field(data, "description")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest("'description' must be a string.")
-    return value
-
+from smpc_app.serializers import INVALID_PAYLOAD, EncryptedModelSerializer, RegisterBody, SearchBody
 
 _URLS = {"type": "array", "items": {"type": "string", "format": "uri"}}
-_REGISTER_BODY = {
-    "type": "object",
-    "properties": {
-        "model_id": OBJECT_ID_SCHEMA,
-        "workers": {**_URLS, "description": "At least two distinct absolute http(s) URLs."},
-        "crypto_provider": {**_URLS, "description": "At least one http(s) URL, not a worker."},
-        "description": {"type": "string"},
-    },
-    "required": ["model_id", "workers", "crypto_provider"],
-}
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 _INVALID_PAYLOAD = 'Not JSON, no `model_id`, or not a string: `{"error": "Invalid payload format"}`.'
 
@@ -57,7 +26,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         operation_id="register_encrypted_model",
         summary="Register a model's workers and crypto provider(s) (group: write).",
         tags=["encrypted models"],
-        request=json_form_and_multipart(_REGISTER_BODY),
+        request=RegisterBody,
         examples=[
             OpenApiExample(
                 "Two workers and a crypto provider",
@@ -76,13 +45,13 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(WRITE)
     def create(self, request):
         """POST /encrypted-models: register a model's workers and crypto provider(s)."""
-        data = request.data
-        model_id = check_object_id(body_field(data, "model_id"), "model_id")
+        body = RegisterBody.parse(request.data)
+        model_id = body["model_id"]
         registration = registrations.encrypted_model_register(
             model_id=model_id,
-            workers=_list_field(data, "workers"),
-            crypto_provider=_list_field(data, "crypto_provider"),
-            description=_description(data),
+            workers=body["workers"],
+            crypto_provider=body["crypto_provider"],
+            description=body["description"],
         )
         location = reverse("encrypted-model", kwargs={"model_id": model_id})
         return Response(
@@ -140,9 +109,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
         operation_id="search_encrypted_models",
         summary="The worker and crypto-provider URLs of a model, in registration order (group: read).",
         tags=["encrypted models"],
-        request=json_form_and_multipart(
-            {"type": "object", "properties": {"model_id": {"type": "string"}}, "required": ["model_id"]}
-        ),
+        request=SearchBody,
         examples=[
             OpenApiExample(
                 "A registered id",
@@ -163,10 +130,7 @@ class EncryptedModelViewSet(viewsets.ViewSet):
     @requires(READ)
     def search(self, request):
         """POST /search-encrypted-models: the worker and crypto-provider URLs of a model, in order."""
-        data = _search_body(request)
-        model_id = data.get("model_id") if isinstance(data, dict) else None
-        if not isinstance(model_id, str):
-            raise BadRequest(INVALID_PAYLOAD)
+        model_id = SearchBody.parse(_search_body(request))["model_id"]
         nodes = registrations.encrypted_model_nodes(model_id=model_id)
         return Response({"workers": nodes.workers, "crypto_provider": nodes.crypto_provider})
 

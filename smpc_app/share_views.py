@@ -12,36 +12,13 @@ from rest_framework.response import Response
 
 from gridnode.auth import DOWNLOAD, READ, WRITE, requires
 from gridnode.errors import BadRequest
-from gridnode.http import (
-    BASE64,
-    FastJSONRenderer,
-    body_field,
-    check_object_id,
-    decode_text,
-    encode_bytes,
-    is_upload,
-    parse_bool,
-    parse_encoding,
-)
-from gridnode.schema import (
-    BOOLEAN_FIELD,
-    ENCODING_FIELD,
-    EXAMPLE_ENCRYPTED_MODEL_ID,
-    errors,
-    id_parameter,
-    json_form_and_multipart,
-)
+from gridnode.http import BASE64, FastJSONRenderer, check_object_id, encode_bytes, is_upload
+from gridnode.schema import EXAMPLE_ENCRYPTED_MODEL_ID, errors, id_parameter
 from gridnode.uploads import limit_file_parts
 from smpc_app import shares
-from smpc_app.serializers import ModelShareSerializer
+from smpc_app.serializers import ModelShareSerializer, SharePermissionsBody, UploadShareBody
 from smpc_protocol.hosting import expected_part_shapes
 from smpc_protocol.spec import ModelSpec
-
-_PARTIES = {0: 0, 1: 1, "0": 0, "1": 1}
-_NEVER_DOWNLOADABLE = {
-    **BOOLEAN_FIELD,
-    "description": "Only false: any two parts of a model rebuild its weights, so parts are never downloadable.",
-}
 
 
 class ShareBytesRenderer(renderers.BaseRenderer):
@@ -55,21 +32,6 @@ class ShareBytesRenderer(renderers.BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None):
         """The bytes as they are (the download answers a FileResponse; this only makes the type acceptable)."""
         return data
-
-
-def _party(value) -> int | None:
-    """The party field: 0 or 1 (JSON number or form text), None when absent."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or value not in _PARTIES:
-        raise BadRequest("'party' must be 0 or 1.")
-    return _PARTIES[value]
-
-
-def _flag(data, name: str) -> bool | None:
-    """An optional boolean field of a PATCH: None when absent, so the stored value is kept."""
-    value = body_field(data, name)
-    return None if value is None or value == "" else parse_bool(value, name)
 
 
 def _example_spec() -> dict:
@@ -88,41 +50,6 @@ def _example_provider_part(spec: dict) -> str:
 
 # A real part in the document's example, so that generated requests (tests/schema) reach the happy path.
 _EXAMPLE_SPEC = _example_spec()
-_UPLOAD_BODY = {
-    "type": "object",
-    "properties": {
-        "role": {"type": "string", "enum": ["worker", "crypto_provider"], "description": "Which part this is."},
-        "party": {
-            "description": "A worker's party number, 0 or 1; absent for the crypto provider.",
-            "oneOf": [{"type": "integer", "enum": [0, 1]}, {"type": "string", "enum": ["0", "1"]}],
-        },
-        "spec": {
-            "type": "object",
-            "description": "The model's spec (smpc_protocol ModelSpec.to_json()); in a form, its JSON text.",
-        },
-        "share": {
-            "type": "string",
-            "description": "torch.save bytes of the part's dict of int64 tensors, as text under 'encoding'.",
-        },
-        "encoding": ENCODING_FIELD,
-        "allow_remote_inference": BOOLEAN_FIELD,
-        "allow_download": _NEVER_DOWNLOADABLE,
-    },
-    "required": ["role", "spec", "share"],
-}
-_PERMISSIONS_BODY = {
-    "type": "object",
-    "properties": {"allow_remote_inference": BOOLEAN_FIELD, "allow_download": _NEVER_DOWNLOADABLE},
-}
-
-
-def _all_optional(bodies: dict) -> dict:
-    """Request bodies whose fields are all optional: OpenAPI 3.0 refuses an empty `required` list."""
-    return {
-        media: {key: value for key, value in schema.items() if key != "required"} for media, schema in bodies.items()
-    }
-
-
 _MODEL_ID = id_parameter("model_id", EXAMPLE_ENCRYPTED_MODEL_ID, "The encrypted model's id")
 _NOT_FOUND = "No registration with this id, or no share of it on this node (the error says which)."
 
@@ -141,7 +68,7 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
         summary="Store this node's part of a registered encrypted model, checked against its spec (group: write).",
         tags=["encrypted models"],
         parameters=[_MODEL_ID],
-        request=json_form_and_multipart(_UPLOAD_BODY, files=("share",)),
+        request=UploadShareBody,
         examples=[
             OpenApiExample(
                 "The crypto provider's part of a small model",
@@ -163,31 +90,17 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
         """POST /encrypted-models/<id>/share: store this node's part of the model."""
         limit_file_parts(request, limit=settings.GRIDNODE_MAX_MODEL_BYTES, what="share")
         model_id = check_object_id(model_id, "model_id")
-        data = request.data
-        allow_remote_inference = parse_bool(body_field(data, "allow_remote_inference"), "allow_remote_inference")
-        allow_download = parse_bool(body_field(data, "allow_download"), "allow_download")
-        part = body_field(data, "share")
-        upload = content = None
-        if part is None or part == "":
-            raise BadRequest("'share' is required.")
-        if is_upload(part):
-            upload = part
-        elif isinstance(part, str):
-            encoding = parse_encoding(body_field(data, "encoding"), allow_json=False)
-            if not encoding:
-                raise BadRequest("'share' sent as text needs an 'encoding' (ISO-8859-1 or base64).")
-            content = decode_text(part, encoding, "share")
-        else:
-            raise BadRequest("'share' must be text under an 'encoding', or a multipart file part.")
+        body = UploadShareBody.parse(request.data)
+        part = body["share"]
         share = shares.share_store(
             model_id=model_id,
-            role=body_field(data, "role"),
-            party=_party(body_field(data, "party")),
-            spec_json=body_field(data, "spec"),
-            upload=upload,
-            content=content,
-            allow_remote_inference=allow_remote_inference,
-            allow_download=allow_download,
+            role=body["role"],
+            party=body["party"],
+            spec_json=body["spec"],
+            upload=part if is_upload(part) else None,
+            content=None if is_upload(part) else part,
+            allow_remote_inference=body["allow_remote_inference"],
+            allow_download=body["allow_download"],
             uploaded_by=request.user,
         )
         location = reverse("encrypted-model-share", kwargs={"model_id": model_id})
@@ -213,7 +126,7 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
         summary="Change who may run or download the share; a flag left out keeps its value (group: write).",
         tags=["encrypted models"],
         parameters=[_MODEL_ID],
-        request=_all_optional(json_form_and_multipart(_PERMISSIONS_BODY)),
+        request=SharePermissionsBody,
         examples=[
             OpenApiExample(
                 "Allow inference",
@@ -228,12 +141,13 @@ class EncryptedModelShareViewSet(viewsets.ViewSet):
     def partial_update(self, request, model_id):
         """PATCH /encrypted-models/<id>/share: set allow_remote_inference and/or allow_download."""
         model_id = check_object_id(model_id, "model_id")
-        allow_remote_inference = _flag(request.data, "allow_remote_inference")
-        allow_download = _flag(request.data, "allow_download")
-        if allow_remote_inference is None and allow_download is None:
+        body = SharePermissionsBody.parse(request.data)
+        if body["allow_remote_inference"] is None and body["allow_download"] is None:
             raise BadRequest("Send 'allow_remote_inference', 'allow_download' or both.")
         share = shares.share_set_permissions(
-            model_id=model_id, allow_remote_inference=allow_remote_inference, allow_download=allow_download
+            model_id=model_id,
+            allow_remote_inference=body["allow_remote_inference"],
+            allow_download=body["allow_download"],
         )
         return Response(ModelShareSerializer(share).data)
 
