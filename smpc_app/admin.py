@@ -3,6 +3,7 @@ each, saved by the API's services."""
 
 import json
 import math
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -60,7 +61,8 @@ class NodeAssignmentFormSet(BaseInlineFormSet):
         super().clean()
         entries = []
         for index, form in enumerate(self.forms):
-            if self._should_delete_form(form):
+            # Django's documented way to skip a deleted row in a formset's clean(); django-stubs leaves it out.
+            if self._should_delete_form(form):  # type: ignore[attr-defined]
                 continue
             if form.errors:
                 return  # reported on the row; the formset is invalid anyway
@@ -158,7 +160,11 @@ class EncryptedModelAdmin(admin.ModelAdmin):
         return
 
     def save_related(self, request, form, formsets, change):
-        nodes = next(formset.nodes for formset in formsets if isinstance(formset, NodeAssignmentFormSet))
+        # Set by the formset's clean(): the admin saves only valid forms.
+        nodes = cast(
+            registrations.NodeLists,
+            next(formset.nodes for formset in formsets if isinstance(formset, NodeAssignmentFormSet)),
+        )
         obj = form.instance
         if change:
             registrations.encrypted_model_update(
@@ -229,7 +235,7 @@ class TrustedNodeForm(forms.ModelForm):
         fields = ["url", "public_key", "label"]
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = cast(dict[str, Any], super().clean())  # a ModelForm's clean() answers its cleaned_data
         if self.instance.pk is None and not self.errors:
             try:
                 cleaned["url"] = normalize_node_url(cleaned.get("url"), "url")
@@ -243,7 +249,7 @@ class TrustedNodeForm(forms.ModelForm):
         # The URL is put in canonical form in clean(): check the model's rules after that, not before.
         if "url" in self.cleaned_data:
             self.instance.url = self.cleaned_data["url"]
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # BaseModelForm's, which django-stubs leaves out
 
 
 @admin.register(TrustedNode)
@@ -320,10 +326,11 @@ class ModelShareUploadForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # A registration holds one share on a node.
-        self.fields["registration"].queryset = EncryptedModel.objects.filter(share__isnull=True)
+        registration = cast(forms.ModelChoiceField, self.fields["registration"])
+        registration.queryset = EncryptedModel.objects.filter(share__isnull=True)
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = cast(dict[str, Any], super().clean())  # a ModelForm's clean() answers its cleaned_data
         if self.errors or not cleaned.get("part_file"):
             return cleaned
         try:
