@@ -116,7 +116,11 @@ class ResourceCases:
 
     def send(self, api, object_id, path: str | None = None):
         """One request to the endpoint for `object_id`, quoted in the path as a client quotes it."""
-        url = (path or self.path).format(id=quote(str(object_id), safe="@:"))
+        segment = quote(str(object_id), safe="@:")
+        if set(segment) <= {"."}:
+            # A segment of dots only is sent as %2E: raw, a client's URL library resolves it away (RFC 3986).
+            segment = segment.replace(".", "%2E")
+        url = (path or self.path).format(id=segment)
         body = self.body(object_id)
         if body is None:
             return api.generic(self.method.upper(), url)
