@@ -7,6 +7,9 @@ import pytest
 import torch
 from rest_framework.test import APIClient
 
+# The shared cases of tests/api_cases.py assert outside a test module: pytest explains their failures too.
+pytest.register_assert_rewrite("tests.api_cases")
+
 # The test process's own pool of inference processes (models_app/executor.py) has one process, so that
 # which process loaded which model is not left to chance; tests of the pool itself start their own nodes.
 os.environ.setdefault("GRIDNODE_INFERENCE_PROCESSES", "1")
