@@ -50,9 +50,10 @@ class _TrustList:
         loaded = self._loaded_at
         return loaded is not None and time.monotonic() - loaded < TRUST_CACHE_SECONDS
 
-    def keys(self, urls: list[str]) -> dict[str, str]:
-        """The key of each trusted address among `urls`."""
-        if not self._fresh() or any(url not in self._keys for url in urls):
+    def keys(self, urls: list[str], *, rarely_trusted: tuple[str, ...] = ()) -> dict[str, str]:
+        """The key of each trusted address among `urls`; one in `rarely_trusted` that is missing from the
+        copy is no reason to reload it (it is usually missing from the list itself)."""
+        if not self._fresh() or any(url not in self._keys and url not in rarely_trusted for url in urls):
             self._load()
         keys = self._keys
         return {url: keys[url] for url in urls if url in keys}
@@ -96,9 +97,13 @@ def trusted_node_remove(*, url: str) -> None:
         raise NotFound(TRUSTED_NODE_NOT_FOUND)
 
 
-def trusted_keys(urls) -> dict[str, str]:
-    """The public key of each of `urls` this node trusts (untrusted ones are left out)."""
-    return trust_list.keys(list(urls))
+def trusted_keys(urls, *, rarely_trusted: tuple[str, ...] = ()) -> dict[str, str]:
+    """The public key of each of `urls` this node trusts (untrusted ones are left out).
+
+    An address in `rarely_trusted` (this node's own, say) is looked up in this process's copy as it is:
+    without that, its absence would reload the list from the database on every call.
+    """
+    return trust_list.keys(list(urls), rarely_trusted=rarely_trusted)
 
 
 def is_registered_as(*, public_key: str, model_id: str, role: str, position: int, our_party: int | None = None) -> bool:
