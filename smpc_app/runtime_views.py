@@ -5,6 +5,8 @@ int64 tensors, and a 784-input share is 6 KiB raw. Errors are JSON in the one er
 everywhere else.
 """
 
+from typing import cast
+
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -69,10 +71,14 @@ class MessageRenderer(renderers.BaseRenderer):
         return data
 
 
+# DRF has imported the setting's dotted names into classes by now; the stubs type the setting as the names.
+DEFAULT_RENDERERS = cast("list[type[renderers.BaseRenderer]]", api_settings.DEFAULT_RENDERER_CLASSES)
+
+
 class EncryptedInferenceViewSet(viewsets.ViewSet):
     """Run an encrypted model: the client's entry point on each worker, and the workers' own calls."""
 
-    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, MessageRenderer]
+    renderer_classes = [*DEFAULT_RENDERERS, MessageRenderer]
 
     @extend_schema(
         operation_id="run_encrypted_inference",
