@@ -1,7 +1,7 @@
 """A WSGI fast path for `POST /smpc/exchange`, the request two workers make once per protocol round.
 
-An encrypted inference of the reference MLP takes 19 rounds, one after another, so every millisecond
-a round costs is paid 19 times on the client's latency. This path runs exactly what the DRF view runs
+An encrypted inference of the reference MLP takes 17 rounds, one after another, so every millisecond
+a round costs is paid 17 times on the client's latency. This path runs exactly what the DRF view runs
 (`nodeauth.check_request` on the headers, `runtime.exchange_authorize`, `channels.deliver`, which reads
 the body only once the session's evaluation accepted the signed label) without Django's request
 machinery, and answers errors in the same JSON shape through the same exceptions. What every fast path

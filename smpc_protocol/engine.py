@@ -6,9 +6,10 @@ Per layer (N inputs; every value below is this party's share unless it is "opene
   and the share of B, x W = E F + E B + A F + A B, where A B = C also comes from the provider. One round.
 - ReLU: the sign of x = x0 + x1 is the top bit of that sum, computed on XOR-shared bits: the parties'
   own shares are the two addends, AND gates use the provider's triples, and a Kogge-Stone prefix gives
-  the carry into bit 63 (seven rounds). The sign s is then opened masked by a random shared bit r
-  (c = s XOR r), turned into an arithmetic share, and s * x is one Beaver product whose masked operand
-  x - A was opened in the first round. ReLU(x) = x - s x. Eight rounds; no party learns s or x.
+  the carry into bit 63 (six rounds: its first two steps share one, see `_first_carry_levels`). The sign
+  s is then opened masked by a random shared bit r (c = s XOR r), turned into an arithmetic share, and
+  s * x is one Beaver product whose masked operand x - A was opened in the first round.
+  ReLU(x) = x - s x. Seven rounds; no party learns s or x.
 - AvgPool2d, Flatten: public linear maps, no rounds.
 
 After each product, shares are truncated locally (`ring.truncate`).
@@ -158,16 +159,35 @@ class Evaluation:
             results[word] = result ^ (d & e) if self.party == 0 else result
         return results, opened
 
+    def _first_carry_levels(self, index: int, x: torch.Tensor, extra: dict[str, torch.Tensor]):
+        """XOR shares of the carry and propagate words after the prefix's first two steps, in one round;
+        and what `extra` opened in the same round.
+
+        The binary addends are the parties' own shares, a = x0 and b = x1 (each XOR-shared with a zero).
+        With a' = a << 1 and b' = b << 1, the steps give g = ab ^ (a ^ b) a'b' and p = (a ^ b)(a' ^ b').
+        Expanded, every term is a word of a alone, a word of b alone, or the AND of one of each:
+        g = ab ^ (aa') b' ^ a' (bb') and p = aa' ^ bb' ^ ab' ^ a'b, so five ANDs of a word party 0 makes
+        from its share with a word party 1 makes from its own, all in one round.
+        """
+        zeros = torch.zeros_like(x)
+        shifted = x << 1
+        if self.party == 0:  # the left operands: a, aa', a', a, a'
+            left = {"g": x, "ga": x & shifted, "gb": shifted, "pa": x, "pb": shifted}
+            pairs = {word: (value, zeros) for word, value in left.items()}
+        else:  # the right operands: b, b', bb', b', b
+            right = {"g": x, "ga": shifted, "gb": x & shifted, "pa": shifted, "pb": x}
+            pairs = {word: (zeros, value) for word, value in right.items()}
+        words, opened = self._and(index, 0, pairs, extra=extra)
+        carry = words["g"] ^ words["ga"] ^ words["gb"]
+        propagate = (x & shifted) ^ words["pa"] ^ words["pb"]
+        return carry, propagate, opened
+
     def _relu(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """max(x, 0) on shares (see the module docstring)."""
-        zeros = torch.zeros_like(x)
-        # The binary addends: party 0's own share is one, party 1's the other (each XOR-shared with a zero).
-        left, right = (x, zeros) if self.party == 0 else (zeros, x)
         mask_share = self.bundle[f"{index}.A"]
-        generate, opened = self._and(index, 0, {"g": (left, right)}, extra={"x": x - mask_share})
+        carry, propagate, opened = self._first_carry_levels(index, x, extra={"x": x - mask_share})
         opened_x = opened["x"]
-        carry, propagate = generate["g"], x  # XOR shares: g = x0 AND x1, p = x0 XOR x1
-        for level, shift in enumerate(CARRY_SHIFTS, start=1):
+        for level, shift in enumerate(CARRY_SHIFTS[1:], start=1):
             pairs = {"g": (propagate, carry << shift)}
             if "p" in CARRY_LEVELS[level]:
                 pairs["p"] = (propagate, propagate << shift)

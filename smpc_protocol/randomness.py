@@ -19,12 +19,15 @@ from smpc_protocol.spec import RELU, WEIGHTED, ModelSpec
 SEED_BYTES = 32
 PARTY_ZERO_KEY_BYTES = 16
 
-# The ReLU's carry computation (a Kogge-Stone prefix over the 63 low bits): the first level ANDs the two
-# parties' words, then each shift combines generate ("g") and propagate ("p") words; the last needs g only.
+# The ReLU's carry computation (a Kogge-Stone prefix over the 63 low bits) on generate ("g") and propagate
+# ("p") words, one round of AND gates per level. The first level does the first two steps of the prefix
+# (the parties' words ANDed, then combined at shift 1) at once: each of its words is the AND of a word
+# party 0 makes from its own share with one party 1 makes from its own (see `engine.Evaluation`). Each
+# later level combines g and p words at the next shift; the last needs g only.
 CARRY_SHIFTS = (1, 2, 4, 8, 16, 32)
 CARRY_LEVELS: tuple[tuple[str, ...], ...] = (
-    ("g",),
-    *(("g", "p") for _ in CARRY_SHIFTS[:-1]),
+    ("g", "ga", "gb", "pa", "pb"),
+    *(("g", "p") for _ in CARRY_SHIFTS[1:-1]),
     ("g",),
 )
 

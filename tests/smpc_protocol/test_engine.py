@@ -59,7 +59,7 @@ def test_a_cnn_matches_plaintext_within_1e_2():
     assert_matches_plaintext(cnn(), inputs, 1e-2)
 
 
-@pytest.mark.parametrize(("model", "input_shape", "rounds"), [(mlp, (784,), 3 + 2 * 8), (cnn, (1, 28, 28), 3 + 2 * 8)])
+@pytest.mark.parametrize(("model", "input_shape", "rounds"), [(mlp, (784,), 3 + 2 * 7), (cnn, (1, 28, 28), 3 + 2 * 7)])
 def test_it_uses_the_rounds_it_counts(model, input_shape, rounds):
     shared = hosting.split_model(model(), input_shape)
 

@@ -19,7 +19,7 @@ def test_it_is_exact_on_edges_and_random_ring_values():
     outputs, runs = evaluate(relu_only((13,)), secrets)
 
     assert torch.equal(outputs, secrets.clamp(min=0))
-    assert runs[0].rounds == runs[1].rounds == engine.count_rounds(relu_only((13,)).spec) == 8
+    assert runs[0].rounds == runs[1].rounds == engine.count_rounds(relu_only((13,)).spec) == 7
 
 
 def test_it_is_exact_on_fixed_point_activations():

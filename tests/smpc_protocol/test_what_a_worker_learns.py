@@ -50,10 +50,16 @@ def opened(runs, round_index: int, name: str) -> torch.Tensor:
 
 
 def and_operands(x0: torch.Tensor, x1: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The plain words each AND round of the ReLU combines, per carry level: the Kogge-Stone prefix in clear."""
-    levels = [{"g": (x0, x1)}]
-    carry, propagate = x0 & x1, x0 ^ x1
-    for level, shift in enumerate(CARRY_SHIFTS, start=1):
+    """The plain words each AND round of the ReLU combines, per carry level: the Kogge-Stone prefix in clear.
+
+    The first round does the prefix's first two steps: each of its ANDs takes a word of party 0's share
+    alone and a word of party 1's alone.
+    """
+    a1, b1 = x0 << 1, x1 << 1
+    levels = [{"g": (x0, x1), "ga": (x0 & a1, b1), "gb": (a1, x1 & b1), "pa": (x0, b1), "pb": (a1, x1)}]
+    carry = (x0 & x1) ^ ((x0 ^ x1) & ((x0 & x1) << 1))
+    propagate = (x0 ^ x1) & ((x0 ^ x1) << 1)
+    for level, shift in enumerate(CARRY_SHIFTS[1:], start=1):
         pairs = {"g": (propagate, carry << shift)}
         if "p" in CARRY_LEVELS[level]:
             pairs["p"] = (propagate, propagate << shift)
@@ -115,7 +121,7 @@ def test_no_two_and_operands_in_a_session_share_a_mask(mixed_session):
 
     for index, (name, mask) in enumerate(masks):
         for other_name, other in masks[index + 1 :]:
-            # Independent uniform words coincide with probability 2^-64 each: 276 pairs of 2,048.
+            # Independent uniform words coincide with probability 2^-64 each: 378 pairs of 2,048.
             assert not bool((mask == other).any()), f"{name} and {other_name} share mask words"
 
 
@@ -184,8 +190,8 @@ def test_the_rounds_read_here_are_the_relus():
     assert engine.count_rounds(relu_only((WIDTH,)).spec) == SIGN_ROUND + 1
     for run in runs:
         assert [set(message) - {engine.AGREEMENT} for message in run.received] == [
-            {"x", "g.d", "g.e"},
-            *({"g.d", "g.e", "p.d", "p.e"} for _ in CARRY_SHIFTS[:-1]),
+            {"x", *(f"{word}.{side}" for word in ("g", "ga", "gb", "pa", "pb") for side in "de")},
+            *({"g.d", "g.e", "p.d", "p.e"} for _ in CARRY_SHIFTS[1:-1]),
             {"g.d", "g.e"},
             {"c"},
         ]
