@@ -9,10 +9,12 @@ this node trusts (`smpc_app.trust`), in the role the model's registration gives 
 the two, sees the result. All of it, rounds included, ends within GRIDNODE_INFERENCE_TIMEOUT of the
 request's arrival (`channels.Deadline`), or 504.
 
-The provider derives a session's randomness from a seed it never sends: an HMAC, under a key made from
-this node's SECRET_KEY, of a nonce it draws when the session is first asked for. A session row records
-the nonce and which party was served, so each party's half is dealt once and a session id reused later
-gets fresh randomness (never the same triples twice).
+The provider derives a session's randomness from a seed it never sends whole: an HMAC, under a key made
+from this node's SECRET_KEY, of a nonce it draws when the session is first asked for. Party 1 gets its
+half; party 0 gets the seed's first part, from which its half alone is drawn (it draws it itself, while
+the provider deals party 1's). A session row records the nonce and which party was served, so each
+party's half is dealt once and a session id reused later gets fresh randomness (never the same triples
+twice).
 """
 
 import contextlib
@@ -44,6 +46,8 @@ SESSION_RECORD_DAYS = 1
 # How often (one request in this many) the provider deletes those old rows.
 PRUNE_ONE_IN = 100
 _SEED_PURPOSE = b"gridnode smpc provider seed v1\x00"
+# Where the provider's answer to party 0 carries the key party 0's half is drawn from.
+PARTY_ZERO_KEY_META = "party_zero_key"
 
 
 def _unpack(body: bytes, what: str):
@@ -215,6 +219,8 @@ def _fetch_randomness(*, provider: NodeCall, model_id, session_id, party, batch,
         bundle, meta = wire.unpack(reply)
     except wire.WireError:
         raise BadGateway(f"{bad_answer}: not an SMPC message.") from None
+    if party == 0:
+        bundle = _party_zero_bundle(meta.get(PARTY_ZERO_KEY_META), spec=spec, batch=batch, bad_answer=bad_answer)
     expected = randomness.bundle_shapes(spec, batch)
     if {name: tuple(tensor.shape) for name, tensor in bundle.items()} != expected:
         raise BadGateway(f"{bad_answer}: randomness for another model or batch.")
@@ -222,6 +228,16 @@ def _fetch_randomness(*, provider: NodeCall, model_id, session_id, party, batch,
     if not isinstance(bundle_id, str):
         raise BadGateway(f"{bad_answer}: randomness without its id.")
     return bundle, bundle_id
+
+
+def _party_zero_bundle(key, *, spec, batch: int, bad_answer: str) -> dict:
+    """Party 0's half of the session's randomness, drawn here from the key the provider sent."""
+    if not isinstance(key, str) or len(key) != 2 * randomness.PARTY_ZERO_KEY_BYTES:
+        raise BadGateway(f"{bad_answer}: no key for party 0's randomness.")
+    try:
+        return randomness.party_zero_bundle(spec=spec, batch=batch, key=bytes.fromhex(key))
+    except ValueError:
+        raise BadGateway(f"{bad_answer}: no key for party 0's randomness.") from None
 
 
 def _signed_for(label: nodeauth.MessageLabel, model_id: str) -> None:
@@ -262,9 +278,14 @@ def provider_deal(*, model_id: str, label: nodeauth.MessageLabel, body: bytes) -
     nonce = _session_claim(session_id=session_id, model_id=model_id, batch=batch, party=party, node=label.sender)
     key = hashlib.sha256(_SEED_PURPOSE + settings.SECRET_KEY.encode()).digest()
     seed = hmac.new(key, nonce + session_id.encode(), hashlib.sha256).digest()
-    bundle = randomness.party_bundle(spec=spec, provider_part=provider_part, batch=batch, seed=seed, party=party)
     # Lets the two workers check they hold halves of the same randomness without revealing the nonce.
     bundle_id = hashlib.sha256(b"bundle id\x00" + nonce).hexdigest()[:32]
+    if party == 0:
+        # Party 0's half is drawn from the seed's start alone: it gets that key and draws the half itself,
+        # meanwhile this node deals party 1's (randomness.party_zero_bundle).
+        party_zero_key = seed[: randomness.PARTY_ZERO_KEY_BYTES].hex()
+        return wire.pack({}, {"bundle_id": bundle_id, PARTY_ZERO_KEY_META: party_zero_key})
+    bundle = randomness.party_bundle(spec=spec, provider_part=provider_part, batch=batch, seed=seed, party=party)
     return wire.pack(bundle, {"bundle_id": bundle_id})
 
 

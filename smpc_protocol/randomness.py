@@ -112,6 +112,19 @@ def party_bundle(
     return dealer.bundle
 
 
+def party_zero_bundle(*, spec: ModelSpec, batch: int, key: bytes) -> dict[str, torch.Tensor]:
+    """Party 0's half, drawn from the first PARTY_ZERO_KEY_BYTES of the session's seed alone: the same
+    tensors `party_bundle` deals party 0, so the provider may send party 0 that key instead of its half."""
+    if len(key) != PARTY_ZERO_KEY_BYTES:
+        raise ValueError(f"party 0's key has {PARTY_ZERO_KEY_BYTES} bytes")
+    shares = KeyStream(key)
+    # Every value is a ring element but the random bit r_bit (`_deal_relu`).
+    return {
+        name: (shares.bits if name.endswith(".r_bit") else shares.ring)(f"share0/{name}", shape)
+        for name, shape in bundle_shapes(spec, batch).items()
+    }
+
+
 def _deal_relu(dealer: _Dealer, index: int, shape: tuple[int, ...]) -> None:
     """AND triples for the carry levels, and a random bit r shared both ways with a mask A and r*A."""
     for level, words in enumerate(CARRY_LEVELS):

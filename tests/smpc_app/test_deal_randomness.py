@@ -19,6 +19,7 @@ from smpc_app.nodeauth import (
     SIGNATURE_HEADER,
     reply_is_signed,
 )
+from smpc_app.runtime import PARTY_ZERO_KEY_META
 from smpc_protocol import randomness, wire
 from smpc_protocol.maps import product
 from tests.smpc_app.helpers import ALICE, BOB, CRYPTO, call_with_large_body
@@ -40,6 +41,16 @@ def provider(upload_share, shared_model, peers):
 def message(session: str, party: int = 0, batch: int = 2, spec_digest: str | None = None, shared_model=None) -> bytes:
     digest = spec_digest if spec_digest is not None else shared_model.spec.digest()
     return wire.pack({}, {"session": session, "party": party, "batch": batch, "spec_digest": digest})
+
+
+def half_of(response, party: int, shared_model, batch: int = 2):
+    """The half a worker holds after the provider's answer: party 0 gets a key and draws its half from it."""
+    bundle, meta = wire.unpack(response.content)
+    if party == 0:
+        assert bundle == {}
+        key = bytes.fromhex(meta[PARTY_ZERO_KEY_META])
+        bundle = randomness.party_zero_bundle(spec=shared_model.spec, batch=batch, key=key)
+    return bundle, meta
 
 
 def deal(api, body: bytes, *, by, session: str, party: int = 0, model_id: str = "shared", headers=None, **signed):
@@ -69,7 +80,7 @@ def test_it_deals_each_registered_worker_its_own_half_once_and_signs_the_answers
             signature=response[REPLY_SIGNATURE_HEADER],
             body=response.content,
         )
-        halves.append(wire.unpack(response.content))
+        halves.append(half_of(response, party, provider))
 
     (first, first_meta), (second, second_meta) = halves
     assert first_meta["bundle_id"] == second_meta["bundle_id"]
@@ -189,7 +200,7 @@ def test_fresh_sessions_get_different_randomness(api, provider, peers):
     for _ in range(2):
         session = secrets.token_hex(16)
         response = deal(api, message(session, 0, shared_model=provider), by=peers["alice"], session=session)
-        answers.append(wire.unpack(response.content)[0])
+        answers.append(half_of(response, 0, provider)[0])
 
     assert not torch.equal(answers[0]["0.A"], answers[1]["0.A"])
 

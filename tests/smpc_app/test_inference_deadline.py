@@ -18,6 +18,7 @@ import torch
 
 from smpc_app import channels, nodeauth
 from smpc_app.identity import node_identity
+from smpc_app.runtime import PARTY_ZERO_KEY_META
 from smpc_protocol import engine, randomness, wire
 from tests.smpc_app.helpers import PartyZero, PeerNode
 
@@ -44,6 +45,14 @@ def dealt(shared_model, *, party: int, batch: int = 1) -> dict[str, torch.Tensor
     )
 
 
+def provider_answer(shared_model, *, party: int) -> bytes:
+    """The crypto provider's answer to one party: party 1's half, or for party 0 the key its half is drawn from."""
+    if party == 0:
+        key = SEED[: randomness.PARTY_ZERO_KEY_BYTES]
+        return wire.pack({}, {"bundle_id": BUNDLE_ID, PARTY_ZERO_KEY_META: key.hex()})
+    return wire.pack(dealt(shared_model, party=party), {"bundle_id": BUNDLE_ID})
+
+
 class FakeNodeHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # kept alive, as party 0 keeps its connection to party 1 for a session
 
@@ -62,7 +71,7 @@ class FakeNodeHandler(http.server.BaseHTTPRequestHandler):
         if provider:
             time.sleep(self.server.provider_delay)
             _, meta = wire.unpack(body)
-            reply = wire.pack(dealt(self.server.shared_model, party=meta["party"]), {"bundle_id": BUNDLE_ID})
+            reply = provider_answer(self.server.shared_model, party=meta["party"])
         else:
             time.sleep(self.server.peer_delay)
             # The echo has party 1's names, shapes and agreement digest: party 0 takes it for its peer's.

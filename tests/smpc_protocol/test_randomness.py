@@ -192,3 +192,18 @@ def test_it_refuses_a_seed_shorter_than_a_session_seed(shared, length):
         randomness.party_bundle(
             spec=shared.spec, provider_part=shared.provider_part, batch=1, seed=os.urandom(length), party=1
         )
+
+
+def test_party_0s_half_drawn_from_its_key_alone_is_the_half_dealt_to_it(shared):
+    seed = os.urandom(randomness.SEED_BYTES)
+    dealt, _ = bundles(shared, seed)
+
+    drawn = randomness.party_zero_bundle(spec=shared.spec, batch=BATCH, key=seed[: randomness.PARTY_ZERO_KEY_BYTES])
+
+    assert drawn.keys() == dealt.keys()
+    assert all(torch.equal(drawn[name], dealt[name]) for name in dealt)
+
+
+def test_it_refuses_a_party_0_key_of_another_length(shared):
+    with pytest.raises(ValueError, match="16 bytes"):
+        randomness.party_zero_bundle(spec=shared.spec, batch=1, key=os.urandom(32))
