@@ -152,18 +152,19 @@ class NodeCall:
         self._connection: http.client.HTTPConnection | None = None
         self._reused = False
 
-    def _take(self, timeout: float) -> None:
+    def _take(self, timeout: float) -> http.client.HTTPConnection:
         if self._connection is not None:
-            return
+            return self._connection
         with _idle_lock:
             idle = _idle.get(self._peer, [])
             while idle:
                 connection = idle.pop()
                 if not _dropped(connection):
                     self._connection, self._reused = connection, True
-                    return
+                    return connection
                 connection.close()
         self._connection, self._reused = _new_connection(*self._peer, timeout), False
+        return self._connection
 
     def close(self, *, keep: bool = True) -> None:
         """Give the connection back to the pool (or close it when `keep` is false)."""
@@ -218,9 +219,9 @@ class NodeCall:
         }
         target = quote(self.prefix + path)
         for attempt in (0, 1):
-            self._take(timeout)
+            connection = self._take(timeout)
             try:
-                status, reply_headers, reply = self._send(target, body, headers, timeout)
+                status, reply_headers, reply = self._send(connection, target, body, headers, timeout)
                 break
             except TimeoutError:
                 self.close(keep=False)
@@ -269,8 +270,7 @@ class NodeCall:
         self.close()
         return reply
 
-    def _send(self, target: str, body: bytes, headers: dict, timeout: float):
-        connection = self._connection
+    def _send(self, connection: http.client.HTTPConnection, target: str, body: bytes, headers: dict, timeout: float):
         _wait_at_most(connection, self.deadline.cap(timeout))
         connection.request("POST", target, body=body, headers=headers)
         _acknowledge_at_once(connection)
@@ -457,8 +457,10 @@ class SessionMailbox:
     def _refusal(self, envelope: dict) -> str | None:
         """Why a message's label is not this session's next one from its peer (None when it is)."""
         header, signature = envelope.get("header"), envelope.get("signature")
-        label = nodeauth.parse_label(header) if isinstance(header, str) else None
-        if label is None or not isinstance(signature, str):
+        if not isinstance(header, str) or not isinstance(signature, str):
+            return "a malformed label"
+        label = nodeauth.parse_label(header)
+        if label is None:
             return "a malformed label"
         if label.sender != self.peer_key or label.party != 0:
             return "the message is signed by a node that is not this session's party 0"
@@ -491,6 +493,8 @@ class SessionMailbox:
             reply_meta[SESSION_KEY_META] = exchange_public
         reply = wire.pack(payload, reply_meta)
         if self.round > 0:
+            if self._session_key is None:  # _refusal lets no later round through without one
+                raise BadGateway(f"Session {self.session_id} has no session key for round {self.round}.")
             headers = nodeauth.session_reply_headers(
                 self._session_key,
                 sender=node_identity().public_key,
@@ -543,7 +547,8 @@ class SessionMailbox:
                     if not isinstance(envelope, dict):
                         envelope = {}
                     inline = envelope.get("inline") is True
-                    message = _receive_frame(connection, INLINE_BODY_BYTES) if inline else None
+                    # A large message is sent only once accepted (below).
+                    message = _receive_frame(connection, INLINE_BODY_BYTES) if inline else b""
                     refusal = self._refusal(envelope)
                     if refusal is not None:
                         _send_frame(connection, refusal.encode())

@@ -167,20 +167,23 @@ def parse_label(text: str) -> MessageLabel | None:
     if len(fields) != _FIELDS or fields[0] != _VERSION:
         return None
     _version, purpose, sender, recipient, model_id, session_id, party, round_text, timestamp, length, digest = fields
-    numbers = [_number(party, 1), _number(round_text, MAX_ROUND), _number(timestamp, 2**40), _number(length, 2**48)]
+    party_number, round_number = _number(party, 1), _number(round_text, MAX_ROUND)
+    seconds, size = _number(timestamp, 2**40), _number(length, 2**48)
     if (
-        purpose not in (RANDOMNESS, EXCHANGE)
+        party_number is None
+        or round_number is None
+        or seconds is None
+        or size is None
+        or purpose not in (RANDOMNESS, EXCHANGE)
         or not is_public_key(sender)
         or not is_public_key(recipient)
         or not OBJECT_ID_RE.fullmatch(model_id)
         or len(session_id) != 32
         or not all(char in "0123456789abcdef" for char in session_id)
-        or None in numbers
         or len(digest) != 64
         or not all(char in "0123456789abcdef" for char in digest)
     ):
         return None
-    party_number, round_number, seconds, size = numbers
     return MessageLabel(
         purpose, sender, recipient, model_id, session_id, party_number, round_number, seconds, size, digest
     )

@@ -108,8 +108,11 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
         raise BadRequest("The message must hold exactly one tensor, 'x': this worker's share of the input.")
     inputs = tensors["x"]
     share, spec, part = share_load(model_id=model_id, role="worker")
-    if "party" in meta and meta["party"] != share.party:
-        raise Conflict(f"This node holds party {share.party}'s share of '{model_id}', not party {meta['party']}'s.")
+    party = share.party
+    if party is None:  # never: a worker's share names its party (checked at upload)
+        raise Conflict(f"This node's share of '{model_id}' names no party.")
+    if "party" in meta and meta["party"] != party:
+        raise Conflict(f"This node holds party {party}'s share of '{model_id}', not party {meta['party']}'s.")
     if inputs.dim() != len(spec.input_shape) + 1 or tuple(inputs.shape[1:]) != spec.input_shape:
         raise BadRequest(f"'x' must have shape [batch, {', '.join(map(str, spec.input_shape))}].")
     batch = _batch(inputs.shape[0])
@@ -120,13 +123,13 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
     if len(workers) != 2:
         raise Conflict(f"'{model_id}' is registered with {len(workers)} workers: encrypted inference runs on two.")
     provider_url = share.registration.crypto_provider_urls[0]
-    peer_url = workers[1 - share.party]
-    peer_key, provider_key = _trusted_nodes(model_id, party=share.party, workers=workers, provider_url=provider_url)
+    peer_url = workers[1 - party]
+    peer_key, provider_key = _trusted_nodes(model_id, party=party, workers=workers, provider_url=provider_url)
     traffic = Traffic()
     traffic.received += len(body)
     # Party 1 listens before anything else, so party 0's first message finds it as early as possible.
-    channel = None
-    if share.party == 1:
+    channel: SessionMailbox | PeerChannel | None = None
+    if party == 1:
         channel = SessionMailbox(
             session_id=session_id, model_id=model_id, peer_key=peer_key, traffic=traffic, deadline=deadline
         )
@@ -140,7 +143,7 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
             ),
             model_id=model_id,
             session_id=session_id,
-            party=share.party,
+            party=party,
             batch=batch,
             spec=spec,
             spec_digest=share.spec_digest,
@@ -158,7 +161,7 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
         evaluation = engine.Evaluation(
             spec=spec,
             part=part,
-            party=share.party,
+            party=party,
             bundle=bundle,
             channel=channel,
             agreement=f"{model_id}|{share.spec_digest}|{batch}|{bundle_id}",
@@ -171,7 +174,7 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
         if channel is not None:
             channel.close()
     # The counts leave out this answer, whose size its receiver knows.
-    meta = {"session": session_id, "party": share.party, "rounds": evaluation.rounds}
+    meta = {"session": session_id, "party": party, "rounds": evaluation.rounds}
     return wire.pack({"y": output}, {**meta, "bytes_sent": traffic.sent, "bytes_received": traffic.received})
 
 
