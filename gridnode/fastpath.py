@@ -17,7 +17,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from time import perf_counter
 
 from django.core import signals
@@ -85,18 +85,13 @@ class FastPath:
         ):
             return self.app(environ, start_response)
         started = perf_counter()
-        # Django's bookkeeping around a request: database connections past their age or broken are closed.
-        signalled = self.signals_around_every_answer
-        if signalled:
-            signals.request_started.send(sender=type(self), environ=environ)
+        around = self.django_request(environ) if self.signals_around_every_answer else nullcontext()
         try:
-            answer = self.answer(environ, match, length)
+            with around:
+                answer = self.answer(environ, match, length)
         except GridError as error:
             rendered = error.response()
             answer = (rendered.status_code, rendered["Content-Type"], [], rendered.content)
-        finally:
-            if signalled:
-                signals.request_finished.send(sender=type(self))
         if answer is None:
             return self.app(environ, start_response)
         status, content_type, headers, content = answer
