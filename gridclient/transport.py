@@ -1,6 +1,7 @@
 """HTTP to one grid node over the standard library: JSON calls, streamed uploads and streamed downloads.
 
-One connection per call, closed when the answer is read. Error answers become the typed exceptions of
+A connection is kept alive once its answer has been read to the end, and the next call to the same
+node takes it (`_IDLE`); any other connection is closed when its call ends. Error answers become the typed exceptions of
 `gridclient.errors`; a node that does not answer becomes `NodeUnreachable` naming the node's URL; an
 answer that cannot be read (not HTTP, not JSON, nested past MAX_JSON_DEPTH, larger than the client
 reads) becomes `ServerError`.
@@ -13,8 +14,11 @@ import base64
 import http.client
 import ipaddress
 import json
+import os
+import select
 import socket
 import ssl
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, BinaryIO, NamedTuple
@@ -96,6 +100,82 @@ def proxy_for(url: str) -> Proxy | None:
 def path_segment(value: str) -> str:
     """An id made safe to put in a URL path (every reserved character escaped)."""
     return quote(value, safe="")
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS context for nodes: the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR), certificates and names
+    checked. Made once per trust setting: building one reads every CA of the system, 24 ms here."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _TLS_LOCK:
+        context = _TLS_CONTEXTS.get(key)
+        if context is None:
+            context = _TLS_CONTEXTS[key] = ssl.create_default_context()
+        return context
+
+
+_TLS_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_TLS_LOCK = threading.Lock()
+
+
+class IdleConnections:
+    """Connections to nodes whose last answer was read to the end, kept for the next call to the same node.
+
+    Shared by every `Transport` of this process (an encrypted inference makes a client per worker per
+    call); keyed by scheme, host, port and, for https, the trust setting the connection was checked
+    under. Only direct connections are kept (not those through a proxy), at most MAX_PER_NODE per node.
+    A forked child starts with none of its parent's.
+    """
+
+    MAX_PER_NODE = 8
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._connections: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._pid = os.getpid()
+
+    def take(self, key: tuple) -> http.client.HTTPConnection | None:
+        """A kept connection to `key` that the node has not closed meanwhile, or None."""
+        while True:
+            with self.lock:
+                self._forget_after_fork()
+                kept = self._connections.get(key)
+                if not kept:
+                    return None
+                connection = kept.pop()
+            if not _closed_by_peer(connection):
+                return connection
+            connection.close()
+
+    def give_back(self, key: tuple, connection: http.client.HTTPConnection) -> None:
+        with self.lock:
+            self._forget_after_fork()
+            kept = self._connections.setdefault(key, [])
+            if len(kept) < self.MAX_PER_NODE:
+                kept.append(connection)
+                return
+        connection.close()
+
+    def _forget_after_fork(self) -> None:
+        if self._pid != os.getpid():  # the sockets are the parent's too: never speak on them here
+            self._connections, self._pid = {}, os.getpid()
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection was closed by the node (readable while idle means end of file)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+_IDLE = IdleConnections()
+# What a kept connection may fail with when the node closed it just as it was taken: the request is sent
+# again on a new connection (when its body can be sent again).
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 class Transport:
@@ -199,16 +279,24 @@ class Transport:
             headers["Authorization"] = f"Token {self._token}"
         return headers
 
+    def _idle_key(self) -> tuple | None:
+        """Which kept connections this node's calls may take (None: through a proxy, never kept)."""
+        if self.proxy is not None:
+            return None
+        if not self._https:
+            return ("http", self._host, self._port)
+        return ("https", self._host, self._port, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
     def _connection(self) -> http.client.HTTPConnection:
         proxy = self.proxy
         if proxy is None:
             if self._https:
-                return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
+                return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=tls_context())
             return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         if not self._https:
             return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.timeout)
         # TLS to the node inside a CONNECT tunnel: the proxy sees the host name, not the requests.
-        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout)
+        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout, context=tls_context())
         tunnel_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
         connection.set_tunnel(self._host, self._port, headers=tunnel_headers)
         return connection
@@ -291,7 +379,9 @@ class Transport:
 
 
 class _Exchange:
-    """One request and its answer on a fresh connection, closed when the `with` block ends."""
+    """One request and its answer: on a connection kept from an earlier call to the node when there is one,
+    else on a new one. When the `with` block ends the connection is kept if its answer was read to the end
+    (and the node did not ask to close it), else closed."""
 
     def __init__(self, transport: Transport, method: str, target: str, headers: dict, body, length: int | None):
         self._transport = transport
@@ -300,30 +390,56 @@ class _Exchange:
         self._headers = headers
         self._body = body
         self._length = length
+        self._key = transport._idle_key()
         self._connection: http.client.HTTPConnection | None = None
+        self._response: http.client.HTTPResponse | None = None
 
     def __enter__(self) -> http.client.HTTPResponse:
+        kept = _IDLE.take(self._key) if self._key is not None else None
+        if kept is not None:
+            kept.timeout = self._transport.timeout
+            if kept.sock is not None:
+                kept.sock.settimeout(self._transport.timeout)
+            self._connection = kept
+            try:
+                self._response = self._send(kept, connect=False)
+                return self._response
+            except _STALE as exc:
+                # Closed by the node as it was taken (its keep-alive ran out): a body of bytes is sent
+                # again on a new connection; a streamed one cannot be.
+                kept.close()
+                if self._body is not None and not isinstance(self._body, bytes):
+                    raise self._transport._failure(exc) from exc
+            except BaseException:
+                kept.close()
+                raise
         self._connection = self._transport._connection()
         try:
-            return self._send(self._connection)
+            self._response = self._send(self._connection, connect=True)
+            return self._response
         except BaseException:
             self._connection.close()
             raise
 
-    def _send(self, connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    def _send(self, connection: http.client.HTTPConnection, *, connect: bool) -> http.client.HTTPResponse:
+        """Send the request and read the answer's head. On a kept connection (`connect` False), a connection
+        the node closed raises its own exception (one of _STALE); every other failure raises the client's."""
         transport = self._transport
         headers = dict(self._headers)
         if self._length is not None:
             headers["Content-Length"] = str(self._length)
-        try:
-            connection.connect()
-        except OSError as exc:
-            raise transport._failure(exc) from exc
+        if connect:
+            try:
+                connection.connect()
+            except OSError as exc:
+                raise transport._failure(exc) from exc
         try:
             connection.request(self._method, self._target, body=self._body, headers=headers)
         except SourceReadError:
             raise
         except (BrokenPipeError, ConnectionResetError) as exc:
+            if not connect:
+                raise
             # The node may have answered before reading the whole body (e.g. 413 from Content-Length):
             # its answer says more than the broken pipe does.
             try:
@@ -331,15 +447,31 @@ class _Exchange:
             except (OSError, http.client.HTTPException):
                 raise transport._failure(exc) from exc
         except (OSError, http.client.HTTPException) as exc:
+            if not connect and isinstance(exc, _STALE):
+                raise
             raise transport._failure(exc) from exc
         try:
             return connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
+            if not connect and isinstance(exc, _STALE):
+                raise
             raise transport._failure(exc) from exc
 
-    def __exit__(self, *exc_info) -> None:
-        if self._connection is not None:
-            self._connection.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        connection, response, key = self._connection, self._response, self._key
+        if connection is None:
+            return
+        reusable = (
+            exc_type is None
+            and key is not None
+            and response is not None
+            and response.isclosed()  # read to its end: the next answer starts where this one ended
+            and not response.will_close
+        )
+        if reusable and key is not None:
+            _IDLE.give_back(key, connection)
+        else:
+            connection.close()
 
 
 def _declared_length(response: http.client.HTTPResponse) -> int | None:
