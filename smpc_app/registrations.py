@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 
 from gridnode.errors import BadRequest, Conflict, NotFound
@@ -205,3 +205,24 @@ def encrypted_model_nodes(*, model_id: str) -> NodeLists:
     except NotFound:
         raise NotFound(MODEL_ID_NOT_FOUND) from None
     return NodeLists(workers=registration.worker_urls, crypto_provider=registration.crypto_provider_urls)
+
+
+def registration_nodes(registration_id: int) -> NodeLists:
+    """The worker and crypto-provider URLs of the registration with this primary key, in order; one query.
+
+    Read on every encrypted inference: plain SQL, where the ORM's prefetch took two queries and more time
+    building them than running them. The same order as `EncryptedModel.node_urls`: by position within a role.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_REGISTRATION_NODES, [registration_id])
+        rows = cursor.fetchall()
+    return NodeLists(
+        workers=[url for role, url in rows if role == NodeAssignment.Role.WORKER],
+        crypto_provider=[url for role, url in rows if role == NodeAssignment.Role.CRYPTO_PROVIDER],
+    )
+
+
+_REGISTRATION_NODES = (
+    f"SELECT a.role, n.url FROM {NodeAssignment._meta.db_table} a JOIN {WorkerNode._meta.db_table} n "
+    "ON a.node_id = n.id WHERE a.registration_id = %s ORDER BY a.role, a.position"
+)

@@ -28,11 +28,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Prefetch, prefetch_related_objects
 from django.utils import timezone
 
 from gridnode.errors import BadGateway, BadRequest, Conflict, Forbidden, ServiceUnavailable
-from smpc_app import nodeauth, trust
+from smpc_app import nodeauth, registrations, trust
 from smpc_app.channels import Deadline, NodeCall, PeerChannel, SessionMailbox, Traffic
 from smpc_app.identity import node_identity
 from smpc_app.models import ExchangeSession, NodeAssignment, RandomnessSession
@@ -116,13 +115,11 @@ def _evaluate(*, model_id: str, body: bytes, deadline: Deadline) -> bytes:
     if inputs.dim() != len(spec.input_shape) + 1 or tuple(inputs.shape[1:]) != spec.input_shape:
         raise BadRequest(f"'x' must have shape [batch, {', '.join(map(str, spec.input_shape))}].")
     batch = _batch(inputs.shape[0])
-    # Both roles' addresses in one query (each property alone would run its own, the nodes one more).
-    assignments = Prefetch("assignments", queryset=NodeAssignment.objects.select_related("node"))
-    prefetch_related_objects([share.registration], assignments)
-    workers = share.registration.worker_urls
+    nodes = registrations.registration_nodes(share.registration_id)
+    workers = nodes.workers
     if len(workers) != 2:
         raise Conflict(f"'{model_id}' is registered with {len(workers)} workers: encrypted inference runs on two.")
-    provider_url = share.registration.crypto_provider_urls[0]
+    provider_url = nodes.crypto_provider[0]
     peer_url = workers[1 - party]
     peer_key, provider_key = _trusted_nodes(model_id, party=party, workers=workers, provider_url=provider_url)
     traffic = Traffic()
