@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -102,8 +103,9 @@ def serve_connections(listener: socket.socket) -> None:
     warnings.simplefilter("ignore")
     cache: ArchiveCache[LoadedModel] = ArchiveCache(settings.GRIDNODE_MODEL_CACHE_SIZE)
     _floor["bytes"] = _data_bytes()
+    idle = _IdleWait(listener)
     while True:
-        connection, _ = listener.accept()
+        connection = idle.next_connection()
         recycle = False
         try:
             connection.settimeout(30)  # the request follows its connection at once
@@ -120,6 +122,34 @@ def serve_connections(listener: socket.socket) -> None:
             connection.close()
         if recycle:
             os._exit(0)
+
+
+class _IdleWait:
+    """Where an idle inference process waits for its next connection: the first idle process takes it.
+
+    A blocking accept() on a socket shared by several processes hands connections round-robin, so at light
+    load every request met the process whose caches had gone cold the longest: 14.0 ms of CPU per inference
+    of the small ResNet with four processes, against 11.6 ms with one. Waiting in an epoll with
+    EPOLLEXCLUSIVE instead, the kernel wakes the idle process that registered first, so the same few
+    processes take the requests while load allows, with the model and its activations still in cache.
+    The listening socket is non-blocking (Supervisor): a process woken for a connection another took
+    just waits again.
+    """
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def next_connection(self) -> socket.socket:
+        while True:
+            self.epoll.poll()
+            try:
+                connection, _ = self.listener.accept()
+            except BlockingIOError:
+                continue
+            connection.setblocking(True)
+            return connection
 
 
 def handle(request, cache) -> tuple:
@@ -434,6 +464,7 @@ def main(address: str) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(b"\0" + address.encode())
     listener.listen(_BACKLOG)
+    listener.setblocking(False)  # the processes wait in epoll (_IdleWait)
     supervisor = Supervisor(listener, size)
 
     def terminate(signum, frame):

@@ -1,6 +1,11 @@
 """The per-process cache of loaded models: reused, bounded, and never stale."""
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +13,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from gridnode.cache import ArchiveCache
+from models_app import executor
 from models_app.executor import pool_cache
 from models_app.models import HostedModel
 from tests.conftest import jit_bytes
@@ -99,3 +105,35 @@ def test_cache_keeps_one_archive_per_model():
 
     assert ("m", "old.pt") not in cache
     assert ("m", "new.pt") in cache
+
+
+@pytest.fixture
+def four_process_pool(monkeypatch):
+    """A pool of four inference processes of its own, which this test process's inferences go to."""
+    address = f"gridnode-test-pool-{os.getpid()}-{os.urandom(4).hex()}"
+    environment = {**os.environ, "GRIDNODE_INFERENCE_PROCESSES": "4"}
+    environment.pop(executor.ADDRESS_VARIABLE, None)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "models_app.executor_pool", address],
+        cwd=Path(executor.__file__).resolve().parent.parent,
+        env=environment,
+        stdin=subprocess.PIPE,
+    )
+    monkeypatch.setenv(executor.ADDRESS_VARIABLE, address)
+    monkeypatch.setenv(executor.STARTED_VARIABLE, str(time.time()))
+    yield pool
+    pool.terminate()
+    pool.wait(timeout=10)
+
+
+def test_one_caller_at_a_time_is_served_by_the_process_that_has_the_model_loaded(api, serve, four_process_pool):
+    """An idle process that answered last takes the next request (models_app/executor_pool.py `_IdleWait`):
+    handed round-robin, each of the four processes loaded the model, and ran it with cold caches."""
+    serve("warm4", jit_bytes(Constant(1.0)), allow_remote_inference=True)
+    misses = pool_cache.misses
+
+    for _ in range(12):
+        assert predict(api, "warm4") == (200, [1.0])
+        time.sleep(0.01)  # each answer's process is back waiting before the next request
+
+    assert pool_cache.misses - misses <= 2  # round-robin: 4, one load per process
