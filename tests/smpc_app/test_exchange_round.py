@@ -398,7 +398,7 @@ def test_the_node_answers_4xx_never_503_whoever_asks(alice):
     assert "error" in json.loads(content)
 
 
-@pytest.mark.parametrize("role, party", [("crypto_provider", None), ("worker", 0)])
+@pytest.mark.parametrize(("role", "party"), [("crypto_provider", None), ("worker", 0)])
 def test_a_node_that_is_not_party_1_of_the_model_never_waits_for_its_session(alice, upload_share, role, party):
     """A provider or party 0 of a model (its registration naming alice as party 0) refuses alice's exchange
     at once: no session of that model will ever run here as party 1."""
