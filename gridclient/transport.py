@@ -118,12 +118,13 @@ _TLS_LOCK = threading.Lock()
 
 
 class IdleConnections:
-    """Connections to nodes whose last answer was read to the end, kept for the next call to the same node.
+    """Connections to nodes whose last answer was read to the end, kept for the next call to the same node
+    (at most MAX_PER_NODE per key); a forked child starts with none of its parent's.
 
-    Shared by every `Transport` of this process (an encrypted inference makes a client per worker per
-    call); keyed by scheme, host, port and, for https, the trust setting the connection was checked
-    under. Only direct connections are kept (not those through a proxy), at most MAX_PER_NODE per node.
-    A forked child starts with none of its parent's.
+    The client's one pool, `_IDLE`, is shared by every `Transport` of this process (an encrypted inference
+    makes a client per worker per call), keyed by scheme, host, port and, for https, the trust setting the
+    connection was checked under; only direct connections go in it, not those through a proxy. A node
+    keeps its own for the calls to its peers (smpc_app.channels).
     """
 
     MAX_PER_NODE = 8
@@ -142,7 +143,7 @@ class IdleConnections:
                 if not kept:
                     return None
                 connection = kept.pop()
-            if not _closed_by_peer(connection):
+            if not closed_by_peer(connection):
                 return connection
             connection.close()
 
@@ -160,8 +161,9 @@ class IdleConnections:
             self._connections, self._pid = {}, os.getpid()
 
 
-def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
-    """Whether an idle connection was closed by the node (readable while idle means end of file)."""
+def closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by its server (readable while idle means end of
+    file). The node's own calls to its peers follow the same rule (smpc_app.channels)."""
     sock = connection.sock
     if sock is None:
         return True

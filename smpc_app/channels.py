@@ -28,11 +28,8 @@ import http.client
 import json
 import logging
 import os
-import select
 import socket
-import ssl
 import struct
-import threading
 import time
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
@@ -40,6 +37,7 @@ from urllib.parse import quote, urlsplit
 import torch
 from django.conf import settings
 
+from gridclient.transport import IdleConnections, tls_context
 from gridnode.errors import BadGateway, Conflict, GatewayTimeout
 from smpc_app import broker, nodeauth
 from smpc_app.identity import node_identity, verify_signature
@@ -104,37 +102,14 @@ class Traffic:
         self.received = 0
 
 
-_tls_context: ssl.SSLContext | None = None
-_idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
-_idle_lock = threading.Lock()
-# Idle kept-alive connections per peer and process; more are closed when given back.
-MAX_IDLE_PER_PEER = 8
-
-
-def _tls() -> ssl.SSLContext:
-    """The client TLS context for peers: the system's CAs (or SSL_CERT_FILE), certificates and names checked."""
-    global _tls_context
-    if _tls_context is None:
-        _tls_context = ssl.create_default_context()
-    return _tls_context
+# Idle kept-alive connections to peers, at most IdleConnections.MAX_PER_NODE per peer (the client's rules).
+_idle = IdleConnections()
 
 
 def _new_connection(scheme: str, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
     if scheme == "https":
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context())
     return http.client.HTTPConnection(host, port, timeout=timeout)
-
-
-def _dropped(connection: http.client.HTTPConnection) -> bool:
-    """Whether an idle kept-alive connection was closed by the peer (readable while idle means EOF)."""
-    sock = connection.sock
-    if sock is None:
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
 
 
 class NodeCall:
@@ -155,14 +130,10 @@ class NodeCall:
     def _take(self, timeout: float) -> http.client.HTTPConnection:
         if self._connection is not None:
             return self._connection
-        with _idle_lock:
-            idle = _idle.get(self._peer, [])
-            while idle:
-                connection = idle.pop()
-                if not _dropped(connection):
-                    self._connection, self._reused = connection, True
-                    return connection
-                connection.close()
+        kept = _idle.take(self._peer)
+        if kept is not None:
+            self._connection, self._reused = kept, True
+            return kept
         self._connection, self._reused = _new_connection(*self._peer, timeout), False
         return self._connection
 
@@ -172,11 +143,8 @@ class NodeCall:
         if connection is None:
             return
         if keep and connection.sock is not None:
-            with _idle_lock:
-                idle = _idle.setdefault(self._peer, [])
-                if len(idle) < MAX_IDLE_PER_PEER:
-                    idle.append(connection)
-                    return
+            _idle.give_back(self._peer, connection)
+            return
         connection.close()
 
     def post(
