@@ -5,10 +5,12 @@ while the other goes on answering (tests/replicas/conftest.py)."""
 import base64
 import hashlib
 import http.client
+import io
 import threading
 import time
 
 import pytest
+import torch
 
 from tests.reliability.helpers import multipart, post_json, post_multipart, request, scaled_mlp
 from tests.replicas.conftest import NEEDS_POSTGRESQL
@@ -89,7 +91,10 @@ def test_losing_a_replica_mid_traffic_loses_nothing_stored_and_the_other_keeps_a
     for replica in (a, b):  # each has its inference processes started and the model loaded
         assert predict(replica.url, "steady")[0] == 200
     uploaded: dict[str, bytes] = {}  # dataset id -> its torch.save bytes, for every upload answered 201
-    refused: list[str] = []  # uploads answered otherwise: none may have left a row
+    refused: list[str] = []  # uploads the node answered with an error: none may have left a row
+    # Uploads whose answer was lost with replica a (the connection cut, or nginx's 502 for it): a may have
+    # stored one before it died, and then it must read back whole.
+    unanswered: dict[str, list[list[float]]] = {}
     outcomes: list[tuple[float, str, int]] = []  # (when, what, status) of every request
     lock = threading.Lock()
     stop = threading.Event()
@@ -120,6 +125,8 @@ def test_losing_a_replica_mid_traffic_loses_nothing_stored_and_the_other_keeps_a
             if status == 201:
                 raw = request(replicas.url, "GET", f"/datasets/{dataset_id}/data?encoding=base64")[1]
                 uploaded[dataset_id] = base64.b64decode(raw["data"])
+            elif status in (0, 502):
+                unanswered[dataset_id] = body["data"]
             else:
                 refused.append(dataset_id)
 
@@ -145,7 +152,8 @@ def test_losing_a_replica_mid_traffic_loses_nothing_stored_and_the_other_keeps_a
     print(
         f"\nreplicas: {len(outcomes)} requests, {len(before)} before the kill (failed "
         f"{sum(s not in (200, 201) for s in before)}), {len(after)} after (failed {len(failed_after)}: "
-        f"{sorted(set(failed_after))}), {len(uploaded)} datasets stored, {len(refused)} uploads refused; "
+        f"{sorted(set(failed_after))}), {len(uploaded)} datasets stored, {len(refused)} uploads refused, "
+        f"{len(unanswered)} unanswered; "
         f"nginx upstreams before the kill {spread_before}, in all {replicas.served_by()}"
     )
     assert all(status in (200, 201) for status in before)
@@ -161,6 +169,12 @@ def test_losing_a_replica_mid_traffic_loses_nothing_stored_and_the_other_keeps_a
         assert base64.b64decode(answer["data"]) == raw, dataset_id
     for dataset_id in refused:
         assert request(b.url, "GET", f"/datasets/{dataset_id}")[0] == 404, dataset_id
+    for dataset_id, data in unanswered.items():
+        status, answer = request(b.url, "GET", f"/datasets/{dataset_id}/data?encoding=base64")
+        if status != 404:
+            assert status == 200, dataset_id
+            tensor = torch.load(io.BytesIO(base64.b64decode(answer["data"])), weights_only=True)
+            assert tensor.tolist() == data, dataset_id
     stored = {key for key in object_store.keys(replicas.prefix) if "/datasets/" in f"/{key}"}
     assert len(stored) >= len(uploaded)  # an upload a held when it died may have left an orphan object
     checked = replicas.manage(b, "storage_check", "--min-age", "0", "--delete")
