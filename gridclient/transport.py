@@ -102,10 +102,16 @@ def path_segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def trust_setting() -> tuple[str | None, str | None]:
+    """Which CAs a TLS context made now checks certificates against: SSL_CERT_FILE and SSL_CERT_DIR (both
+    unset: the system's)."""
+    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
 def tls_context() -> ssl.SSLContext:
     """The TLS context for nodes: the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR), certificates and names
     checked. Made once per trust setting: building one reads every CA of the system, 24 ms here."""
-    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    key = trust_setting()
     with _TLS_LOCK:
         context = _TLS_CONTEXTS.get(key)
         if context is None:
@@ -287,7 +293,7 @@ class Transport:
             return None
         if not self._https:
             return ("http", self._host, self._port)
-        return ("https", self._host, self._port, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        return ("https", self._host, self._port, *trust_setting())
 
     def _connection(self) -> http.client.HTTPConnection:
         proxy = self.proxy

@@ -2,10 +2,7 @@
 
 import hashlib
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -110,17 +107,11 @@ def test_cache_keeps_one_archive_per_model():
 @pytest.fixture
 def four_process_pool(monkeypatch):
     """A pool of four inference processes of its own, which this test process's inferences go to."""
-    address = f"gridnode-test-pool-{os.getpid()}-{os.urandom(4).hex()}"
-    environment = {**os.environ, "GRIDNODE_INFERENCE_PROCESSES": "4"}
-    environment.pop(executor.ADDRESS_VARIABLE, None)
-    pool = subprocess.Popen(
-        [sys.executable, "-m", "models_app.executor_pool", address],
-        cwd=Path(executor.__file__).resolve().parent.parent,
-        env=environment,
-        stdin=subprocess.PIPE,
-    )
-    monkeypatch.setenv(executor.ADDRESS_VARIABLE, address)
-    monkeypatch.setenv(executor.STARTED_VARIABLE, str(time.time()))
+    monkeypatch.setenv("GRIDNODE_INFERENCE_PROCESSES", "4")
+    # Recorded so that teardown puts back the test session's pool, which start_pool replaces.
+    for name in (executor.ADDRESS_VARIABLE, executor.STARTED_VARIABLE):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    pool = executor.start_pool()
     yield pool
     pool.terminate()
     pool.wait(timeout=10)
