@@ -200,6 +200,14 @@ GRIDNODE_MAX_ANSWER_BYTES = env_int("GRIDNODE_MAX_ANSWER_BYTES", 64 * 1024**2, m
 # Inference processes per node (0: two more than the cores, so that two stuck models still leave every
 # core a process for everyone else).
 GRIDNODE_INFERENCE_PROCESSES = env_int("GRIDNODE_INFERENCE_PROCESSES", 0)
+# The inference processes' memory allocator (models_app/executor_pool.py): "jemalloc" (Debian's libjemalloc2,
+# which scripts/setup installs; where it is missing the processes use glibc's) or "glibc", tuned to keep the
+# memory each inference uses again instead of faulting it in anew.
+GRIDNODE_INFERENCE_ALLOCATOR = env_str("GRIDNODE_INFERENCE_ALLOCATOR", "jemalloc")
+if GRIDNODE_INFERENCE_ALLOCATOR not in ("jemalloc", "glibc"):
+    raise ImproperlyConfigured(
+        f"GRIDNODE_INFERENCE_ALLOCATOR must be jemalloc or glibc, not {GRIDNODE_INFERENCE_ALLOCATOR!r}."
+    )
 
 # Encrypted inference (smpc_app, docs/encrypted-inference.md). Each node signs its requests to the others
 # with its own key (GRIDNODE_DATA_DIR/smpc/node_key) and trusts theirs one by one (manage.py smpc_trust).

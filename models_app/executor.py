@@ -37,6 +37,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 
 from gridnode.errors import BadRequest, GridError, NotFound, ServiceUnavailable
+from models_app.executor_pool import allocator_environment
 
 # The environment variable that names the pool's socket, set by whoever started the pool (gunicorn's
 # master, see gunicorn.conf.py) and inherited by the processes that use it.
@@ -396,6 +397,7 @@ def start_pool() -> subprocess.Popen:
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "gridnode.settings"),
+        **allocator_environment(settings.GRIDNODE_INFERENCE_ALLOCATOR, os.environ),
     }
     environment.pop(ADDRESS_VARIABLE, None)
     pool = subprocess.Popen(
