@@ -6,7 +6,8 @@
 # usage: bench/compare_torchserve.sh [REQUESTS=3000] [ROUNDS=3] [CONCURRENCIES="1 8 32"]
 # env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob;
 #        BENCH_MODEL=cnn serves make_cnn.py's small ResNet instead of the MLP (TorchServe then runs with
-#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) first;
+#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) before
+#        and after the rounds;
 #        BENCH_NGINX=1 also runs each concurrency through nginx (deploy/nginx.conf, as scripts/serve: gunicorn's
 #        Unix socket behind nginx on BENCH_PORT+1), after the direct rounds.
 set -euo pipefail
@@ -83,6 +84,20 @@ for c in $concurrencies; do
   echo "== concurrency $c"
   "$shared/compare.sh" "$url/model/$model" "$work/$body" "$c" "$requests" "$rounds"
 done
+if [[ $model == cnn ]]; then
+  # The machine's speed drifts by 20% within a run, so the node's share of the ceiling is taken round by round,
+  # each node round right after a ceiling measurement, at the last concurrency.
+  c=${concurrencies##* } shares=()
+  for r in $(seq "$rounds"); do
+    ceiling=$(.venv/bin/python "$shared/limit.py" "$work/cnn.pt" "$work/$body" | grep -o 'limit_ips=[0-9.]*' | cut -d= -f2)
+    line=$("$shared/load.sh" "$url/model/$model" "$work/$body" "$c" "$requests")
+    rps=$(grep -o 'rps=[0-9.]*' <<<"$line" | cut -d= -f2)
+    share=$(.venv/bin/python -c "print(round($rps / $ceiling, 3))")
+    echo "ceiling round $r: limit_ips=$ceiling node $line share=$share"
+    shares+=("$share")
+  done
+  echo "share of the ceiling at concurrency $c (median): $(printf '%s\n' "${shares[@]}" | sort -n | sed -n "$(((rounds + 1) / 2))p")"
+fi
 if [[ -n ${BENCH_NGINX:-} ]]; then
   GRIDNODE_PUBLIC_BIND="127.0.0.1:$((port + 1))" .venv/bin/python deploy/render_nginx_conf.py "$work/run" \
     "unix:$work/run/gunicorn.sock" >"$work/run/nginx.conf"
