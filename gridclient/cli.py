@@ -7,7 +7,9 @@ Results go to stdout (ids and tags one per line, everything else as JSON); error
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from gridclient import errors, tensors
@@ -109,11 +111,21 @@ def delete_model(client: GridNodeClient, args) -> int:
 
 
 def download_model(client: GridNodeClient, args) -> int:
+    """Checked by the node's upload rules before anything is written (exit 10 when refused), unless
+    --unchecked: a node may answer an archive that runs code when torch loads it."""
     if args.output == "-":
-        client.download_archive(args.id, sys.stdout.buffer, max_bytes=args.max_bytes)
+        if args.unchecked:
+            client.download_archive(args.id, sys.stdout.buffer, max_bytes=args.max_bytes)
+        else:
+            with tempfile.TemporaryDirectory(prefix="gridclient-") as folder:
+                path = Path(folder) / "model"
+                client.save_model(args.id, path, max_bytes=args.max_bytes)
+                with open(path, "rb") as saved:
+                    shutil.copyfileobj(saved, sys.stdout.buffer)
         sys.stdout.flush()
         return OK
-    size = client.download_archive(args.id, args.output, max_bytes=args.max_bytes)
+    save = client.download_archive if args.unchecked else client.save_model
+    size = save(args.id, args.output, max_bytes=args.max_bytes)
     print(f"Wrote {size} bytes to {args.output}")
     return OK
 
@@ -275,10 +287,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("delete-model", delete_model, "delete a model")
     sub.add_argument("id", metavar="ID")
 
-    sub = command("download-model", download_model, "save a model's archive (exactly the uploaded bytes)")
+    sub = command(
+        "download-model", download_model, "save a model's archive (exactly the uploaded bytes), once it is checked"
+    )
     sub.add_argument("id", metavar="ID")
     sub.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write it ('-' for stdout)")
     sub.add_argument("--max-bytes", type=_positive_int, metavar="N", help="fail (exit 10, no file left) past N bytes")
+    sub.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="write what the node answers as it comes; by default it is first checked by the node's upload rules, "
+        "and a refused archive is exit 10 with no file written",
+    )
 
     sub = command("infer", infer, "run a model on a tensor file or a JSON array; print the prediction as JSON")
     sub.add_argument("id", metavar="ID")

@@ -181,24 +181,29 @@ class GridNodeClient:
         whoever answered (a hostile node, or anyone on a plain-http path). `max_bytes` bounds the download
         (`AnswerTooLarge`) and what the archive may unpack to.
         """
-        from gridarchive import ArchiveRefused
-        from gridarchive.archives import load
-        from gridarchive.ziplimits import MAX_EXPANSION
-
         with tempfile.TemporaryDirectory(prefix="gridclient-") as folder:
             path = Path(folder) / "model.pt2"
             size = self.download_archive(model_id, path, progress=progress, max_bytes=max_bytes)
-            # What the archive may unpack to: max_bytes when given; else only the zip check's own bound (at
-            # most ten times the archive's size: torch stores its entries uncompressed).
-            limit = max_bytes if max_bytes is not None else max(size, 1) * MAX_EXPANSION
-            try:
-                with open(path, "rb") as source:
-                    return load(source, max_unpacked_bytes=limit)
-            except ArchiveRefused as refused:
-                reason = refused.message
-            except RecursionError:  # a walk over a program nested past Python's stack: not a model to load
-                reason = "The model is nested too deeply to check."
-            raise ModelRefused(200, f"The node's archive of {model_id!r} is refused: {reason}")
+            return _checked_model(path, size, model_id=model_id, max_bytes=max_bytes)
+
+    def save_model(
+        self,
+        model_id: str,
+        destination: str | os.PathLike,
+        *,
+        progress: bool | None = None,
+        max_bytes: int | None = None,
+    ) -> int:
+        """Save the model's archive, exactly the bytes uploaded, to a path once it passed the checks that
+        `download_model` makes; answer its size. An archive they refuse raises `ModelRefused` and leaves no
+        file: what lands at `destination` passed the checks the node makes before it loads an upload."""
+        target = Path(destination)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as folder:
+            path = Path(folder) / "model"
+            size = self.download_archive(model_id, path, progress=progress, max_bytes=max_bytes)
+            _checked_model(path, size, model_id=model_id, max_bytes=max_bytes)
+            os.replace(path, target)
+        return size
 
     def run_inference(self, model_id: str, *inputs: "torch.Tensor", all_outputs: bool = False):
         """Run the model on the node: one tensor per model input; answer its output tensor.
@@ -409,3 +414,23 @@ def _tensor_file(data) -> Iterator[tuple[BinaryIO, int, str]]:
         torch.save(data, path)
         with _open_file(path) as opened:
             yield opened
+
+
+def _checked_model(path: Path, size: int, *, model_id: str, max_bytes: int | None):
+    """The model in a downloaded archive, checked by the node's own upload rules before torch reads it
+    (gridarchive), or `ModelRefused` saying why not."""
+    from gridarchive import ArchiveRefused
+    from gridarchive.archives import load
+    from gridarchive.ziplimits import MAX_EXPANSION
+
+    # What the archive may unpack to: max_bytes when given; else only the zip check's own bound (at most ten
+    # times the archive's size: torch stores its entries uncompressed).
+    limit = max_bytes if max_bytes is not None else max(size, 1) * MAX_EXPANSION
+    try:
+        with open(path, "rb") as source:
+            return load(source, max_unpacked_bytes=limit)
+    except ArchiveRefused as refused:
+        reason = refused.message
+    except RecursionError:  # a walk over a program nested past Python's stack: not a model to load
+        reason = "The model is nested too deeply to check."
+    raise ModelRefused(200, f"The node's archive of {model_id!r} is refused: {reason}")

@@ -207,6 +207,44 @@ def test_download_archive_still_writes_the_bytes_as_they_are(hostile, canary, tm
     assert not canary.exists()
 
 
+@pytest.mark.parametrize("name", list(HOSTILE_ARCHIVES))
+@pytest.mark.parametrize("output", ["file", "stdout"])
+def test_the_cli_saves_no_hostile_archive(hostile, canary, capsysbinary, folder, name, output):
+    """`download-model` checks what the node answered before it writes anything (save_model): a refused
+    archive is exit 10, the refusal on stderr, and nothing written, to the file or to stdout."""
+    build, reason = HOSTILE_ARCHIVES[name]
+    hostile.routes["/get_model/m"] = Route(build(canary), ARCHIVE)
+    target = "-" if output == "stdout" else str(folder / "copy.pt")
+
+    code = cli.main(["--url", hostile.url, "download-model", "m", "-o", target])
+
+    out, err = capsysbinary.readouterr()
+    assert code == cli.NODE_ERROR
+    assert err.decode().startswith("error: The node's archive of 'm' is refused: ")
+    assert reason in err.decode()
+    assert out == b""
+    assert list(folder.iterdir()) == []
+    assert not canary.exists()
+
+
+def test_the_cli_saves_a_checked_archive_whole_and_unchecked_on_request(hostile, canary, capsys, folder):
+    good, bad = jit_bytes(small_mlp()), plan_with_pickled_weight(canary)
+    hostile.routes["/get_model/good"] = Route(good, ARCHIVE)
+    hostile.routes["/get_model/bad"] = Route(bad, ARCHIVE)
+
+    code, out, _ = cli_run(capsys, "--url", hostile.url, "download-model", "good", "-o", str(folder / "good.pt"))
+    assert (code, out) == (cli.OK, f"Wrote {len(good)} bytes to {folder / 'good.pt'}\n")
+    assert (folder / "good.pt").read_bytes() == good
+
+    code, _, _ = cli_run(
+        capsys, "--url", hostile.url, "download-model", "bad", "-o", str(folder / "bad.pt2"), "--unchecked"
+    )
+    assert code == cli.OK
+    assert (folder / "bad.pt2").read_bytes() == bad
+    assert sorted(path.name for path in folder.iterdir()) == ["bad.pt2", "good.pt"]  # no temporary folder left
+    assert not canary.exists()
+
+
 # -- answers without end -------------------------------------------------------------------------------
 
 
