@@ -6,8 +6,8 @@
 # usage: bench/compare_torchserve.sh [REQUESTS=3000] [ROUNDS=3] [CONCURRENCIES="1 8 32"]
 # env:   SHARED_BENCH (default ../shared/bench), BENCH_PORT (default 18200), and any GRIDNODE_* knob;
 #        BENCH_MODEL=cnn serves make_cnn.py's small ResNet instead of the MLP (TorchServe then runs with
-#        OMP_NUM_THREADS=1, its tuned setting on two cores) and prints the machine's ceiling (limit.py) before
-#        and after the rounds;
+#        OMP_NUM_THREADS=1, its tuned setting on two cores), prints the machine's ceiling (limit.py) first, and
+#        after the rounds takes the node's share of the ceiling round by round, a limit.py run before each;
 #        BENCH_NGINX=1 also runs each concurrency through nginx (deploy/nginx.conf, as scripts/serve: gunicorn's
 #        Unix socket behind nginx on BENCH_PORT+1), after the direct rounds.
 set -euo pipefail

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from models_app import executor
 from models_app.executor import pool_cache
 from models_app.executor_pool import GLIBC_TUNABLES, allocator_environment
 from tests.conftest import jit_bytes
@@ -36,25 +35,6 @@ class Churn(torch.nn.Module):
         return total
 
 
-@pytest.fixture
-def own_pool(monkeypatch, settings):
-    """Start a one-process pool of this test's own with the given allocator; the session's pool is put back."""
-    monkeypatch.setenv("GRIDNODE_INFERENCE_PROCESSES", "1")
-    for name in (executor.ADDRESS_VARIABLE, executor.STARTED_VARIABLE):
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    pools = []
-
-    def start(allocator: str):
-        settings.GRIDNODE_INFERENCE_ALLOCATOR = allocator
-        pools.append(executor.start_pool())
-        return pools[-1]
-
-    yield start
-    for pool in pools:
-        pool.terminate()
-        pool.wait(timeout=10)
-
-
 def predict(api, model_id):
     response = api.post(f"/model/{model_id}", {"data": [1.0]}, format="json")
     return response.status_code, response.json().get("prediction")
@@ -70,7 +50,7 @@ def environment_of(pid: int) -> list[bytes]:
 
 @needs_jemalloc
 def test_the_processes_allocate_with_jemalloc_by_default(api, serve, own_pool):
-    pool = own_pool("jemalloc")
+    pool = own_pool(allocator="jemalloc")
     serve("plain", jit_bytes(torch.nn.Identity()), allow_remote_inference=True)
     assert predict(api, "plain") == (200, [1.0])  # the pool is up
 
@@ -79,7 +59,7 @@ def test_the_processes_allocate_with_jemalloc_by_default(api, serve, own_pool):
 
 
 def test_glibc_is_tuned_to_keep_the_memory_an_inference_uses_again(api, serve, own_pool):
-    pool = own_pool("glibc")
+    pool = own_pool(allocator="glibc")
     serve("plain", jit_bytes(torch.nn.Identity()), allow_remote_inference=True)
     assert predict(api, "plain") == (200, [1.0])
 
@@ -95,7 +75,7 @@ def test_glibc_is_tuned_to_keep_the_memory_an_inference_uses_again(api, serve, o
 def test_memory_an_inference_freed_leaves_the_process(api, serve, own_pool, allocator):
     """Two 500 MiB inferences in a row run in the same process, the model loaded once: the first one's
     memory went back, or the process would have been replaced as holding too much (_retains_too_much)."""
-    own_pool(allocator)
+    own_pool(allocator=allocator)
     serve("churn", jit_bytes(torch.jit.script(Churn())), allow_remote_inference=True)
     misses, hits = pool_cache.misses, pool_cache.hits
 

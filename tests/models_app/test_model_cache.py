@@ -1,7 +1,6 @@
 """The per-process cache of loaded models: reused, bounded, and never stale."""
 
 import hashlib
-import os
 import time
 
 import pytest
@@ -10,7 +9,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from gridnode.cache import ArchiveCache
-from models_app import executor
 from models_app.executor import pool_cache
 from models_app.models import HostedModel
 from tests.conftest import jit_bytes
@@ -104,22 +102,10 @@ def test_cache_keeps_one_archive_per_model():
     assert ("m", "new.pt") in cache
 
 
-@pytest.fixture
-def four_process_pool(monkeypatch):
-    """A pool of four inference processes of its own, which this test process's inferences go to."""
-    monkeypatch.setenv("GRIDNODE_INFERENCE_PROCESSES", "4")
-    # Recorded so that teardown puts back the test session's pool, which start_pool replaces.
-    for name in (executor.ADDRESS_VARIABLE, executor.STARTED_VARIABLE):
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    pool = executor.start_pool()
-    yield pool
-    pool.terminate()
-    pool.wait(timeout=10)
-
-
-def test_one_caller_at_a_time_is_served_by_the_process_that_has_the_model_loaded(api, serve, four_process_pool):
+def test_one_caller_at_a_time_is_served_by_the_process_that_has_the_model_loaded(api, serve, own_pool):
     """An idle process that answered last takes the next request (models_app/executor_pool.py `_IdleWait`):
     handed round-robin, each of the four processes loaded the model, and ran it with cold caches."""
+    own_pool(processes=4)
     serve("warm4", jit_bytes(Constant(1.0)), allow_remote_inference=True)
     misses = pool_cache.misses
 
