@@ -8,6 +8,7 @@ so a model loaded from storage on a cache miss is checked again.
 """
 
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class LoadedModel:
         if len(inputs) != self.input_count:
             raise BadRequest(f"This model takes {self.input_count} input(s); the data holds {len(inputs)}.")
         LoadedModel.runs += 1
+        # Dropout left on draws from the process's generator. Seeded afresh for every run, no run's draws
+        # depend on an earlier caller's: kept from run to run, a stranger's model moved it on as far as
+        # its caller's data said and showed the next caller where it stood (tests/security).
+        torch.default_generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
         try:
             # TorchScript's optimizing executor spent 20-35 ms profiling a model's first calls (per thread)
             # and then ran the reference MLP slower than without it (26 us vs 20 us a call, CPU): off.

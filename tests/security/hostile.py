@@ -69,6 +69,18 @@ class Stash(torch.nn.Module):
         return old
 
 
+class ShowsTheGenerator(torch.nn.Module):
+    """Answers 64 draws of dropout left on (where the random-number generator stands), then moves the
+    generator on by as many draws as its input says: a channel from each caller to the next, were the
+    generator kept from one inference to the next."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shown = torch.nn.functional.dropout(torch.ones(64), 0.5, True)
+        for _ in range(int(x[0].item())):
+            torch.nn.functional.dropout(torch.ones(1), 0.5, True)
+        return shown
+
+
 class ForgesLogs(torch.nn.Module):
     """Warns, and raises when its input is negative, with text that would be a log line of its own."""
 

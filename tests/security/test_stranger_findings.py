@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import jit_bytes
 from tests.reliability.helpers import request
-from tests.security.hostile import Answers, GunicornNode, descendants
+from tests.security.hostile import Allocates, Answers, GunicornNode, ShowsTheGenerator, descendants
 
 DEADLINE = 3  # GRIDNODE_INFERENCE_TIMEOUT of the node under test
 PROCESSES = (os.cpu_count() or 1) + 2  # the default number of inference processes
@@ -280,3 +280,40 @@ def test_a_model_that_answers_nothing_is_a_400_and_keeps_its_process(node):
 
     assert status == 400, body
     assert body["success"] is False
+
+
+# --- The random-number generator carries one caller's data to the next -------------------------------
+
+
+def test_every_inference_draws_afresh_whatever_earlier_callers_drew(capped_node):
+    """Dropout left on (`F.dropout(x, p, True)`) passes the upload checks and draws from the inference
+    process's generator, which went on from one inference to the next and started alike in every process:
+    a victim moving it on by their secret number of draws, then the attacker's 64 draws, gave the same
+    answer every time on a fresh process, so the attacker read the number off it (a table made beforehand
+    by playing the victim). One process here; a refused allocation replaces it between the trials. (A
+    generator reset to one fixed seed before each run would close that channel but make every caller's
+    draws alike and known: this test refuses it too.)"""
+    assert capped_node.serve("generator", jit_bytes(ShowsTheGenerator()))[0] == 200
+    assert capped_node.serve("allocates", jit_bytes(Allocates()))[0] == 200
+
+    seen = []
+    for _ in range(2):
+        before = inference_processes(capped_node)
+        assert capped_node.infer("allocates", [float(256 * 1024**2)])[0] == 422  # 8 GiB: the process is replaced
+        assert wait_for(lambda before=before: inference_processes(capped_node) not in ([], before))
+        assert capped_node.infer("generator", [3.0])[0] == 200  # the victim's secret: 3
+        status, body = capped_node.infer("generator", [0.0])  # the attacker
+        assert status == 200, body
+        assert set(body["prediction"]) <= {0.0, 2.0}  # dropout did run
+        seen.append(body["prediction"])
+
+    assert seen[0] != seen[1], "the same victim gave the attacker the same answer twice"
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
