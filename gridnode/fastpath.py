@@ -3,7 +3,7 @@
 A fast path answers a few requests whose every rule it can follow itself (models_app: JSON inference;
 smpc_app: the workers' round exchanges), and hands every other request to Django unchanged. What they
 all do is written here once: which requests they may take at all (a POST to their paths, no query string,
-a host Django would accept, a Content-Length, no token to check), reading and putting back the body,
+no cookie, a host Django would accept, a Content-Length, no token to check), reading and putting back the body,
 Django's request signals (database connections), the answer's headers, and the request's metrics and log
 line. A subclass says which paths it serves and answers.
 
@@ -78,6 +78,9 @@ class FastPath:
             or environ.get("REQUEST_METHOD") != "POST"
             # Django decodes a query its own way and DRF reads ?format=; clients of these paths send none.
             or environ.get("QUERY_STRING")
+            # Django's session and CSRF middleware answer cookies (a stale session's is cleared, with Vary:
+            # Cookie); the programs that call these paths send none.
+            or "HTTP_COOKIE" in environ
             or (length := content_length(environ)) is None
             or not auth.answers_without_a_token(self.group, environ)
             or not host_allowed(environ)
