@@ -52,6 +52,10 @@ _POOL_START_SECONDS = 120
 # How long a request may wait in the queue for a free inference process, beyond the model's own deadline.
 QUEUE_ALLOWANCE_SECONDS = 30
 
+# The longest error text an inference process sends and a web process passes on (the rest is cut): an error
+# may quote what the caller sent, and an error frame must stay far below _MAX_HEADER_BYTES.
+MAX_ERROR_CHARS = 1000
+
 DEADLINE_STATUS = 504
 MEMORY_STATUS = 422
 CRASH_STATUS = 500
@@ -329,7 +333,7 @@ def _outcome(reply: Frame) -> Outcome:
         fields = header.get("fields")
         return Outcome(
             status,
-            error=str(error)[:1000],
+            error=str(error)[:MAX_ERROR_CHARS],
             fields=fields if isinstance(fields, dict) else {},
             ran=header.get("ran") is not False,
         )

@@ -257,9 +257,10 @@ def _retains_too_much() -> bool:
 
 
 def _error_frame(status: int, message: str, fields: dict, stats: dict, cache):
-    from models_app.executor import Frame
+    from models_app.executor import MAX_ERROR_CHARS, Frame
 
-    return Frame({"status": status, "error": message, "fields": fields, **_cache_report(stats, cache)})
+    cut = message[:MAX_ERROR_CHARS]
+    return Frame({"status": status, "error": cut, "fields": fields, **_cache_report(stats, cache)})
 
 
 def _cache_report(stats: dict, cache) -> dict:

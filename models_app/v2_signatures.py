@@ -106,8 +106,9 @@ def _position(name, specs: tuple[TensorSpec, ...], prefix: str) -> int | None:
     for position, spec in enumerate(specs):
         if spec.name == name:
             return position
-    if name.startswith(prefix) and name[len(prefix) :].isdigit():
-        position = int(name[len(prefix) :])
+    digits = name[len(prefix) :] if name.startswith(prefix) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 9:  # "²" is a digit to isdigit, not to int
+        position = int(digits)
         # Outputs past the metadata's count (a model may return more than its schema shows) are allowed.
         return position if position < len(specs) or prefix == "output__" else None
     return None

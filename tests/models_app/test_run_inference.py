@@ -208,3 +208,15 @@ def test_it_answers_nan_outputs_as_null(api, serve):
 
 def test_two_inputs_module_is_well_formed():
     assert TwoInputs()(torch.ones(1), torch.ones(1))[1].item() == 1.0
+
+
+def test_an_error_frame_carries_no_more_text_than_a_web_process_passes_on():
+    """An error quoting 3 MB of what the caller sent made a frame header past the 1 MiB a web process reads:
+    the caller got 500 "The model stopped the process that ran it", though nothing had stopped."""
+    from gridnode.cache import ArchiveCache
+    from models_app import executor, executor_pool
+
+    stats = {"cache_hit": False, "evictions": 0, "runs": 0}
+    frame = executor_pool._error_frame(400, "x" * 3_000_000, {}, stats, ArchiveCache(1))
+
+    assert frame.header["error"] == "x" * executor.MAX_ERROR_CHARS

@@ -5,6 +5,7 @@ its finding stands. The models are ones anybody may upload while `write` is open
 """
 
 import importlib.util
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -317,3 +318,59 @@ def wait_for(condition, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# --- A v2 shape that no tensor has -------------------------------------------------------------------
+
+HUGE = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [
+        ([1] + [HUGE] * 100_000, [1]),  # math.prod took 35 s: the process was killed at its deadline, a 504
+        ([1] + [HUGE] * 1000, [1]),  # the count's text passed Python's 4,300 digits: a 500
+        ([0, 2**64 - 1], []),  # numpy: "Maximum allowed dimension exceeded", a 500
+        ([0, HUGE, HUGE], []),  # numpy: "array is too big", a 500
+        ([1] * 100, [1]),  # numpy makes at most 64 dimensions, a 500
+        ([0] * 300_000, [1]),  # the error quoted the whole shape back
+    ],
+    ids=["100k-huge-dims", "1k-huge-dims", "2**64", "empty-but-huge", "100-dims", "300k-zeros"],
+)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_v2_shape_that_no_tensor_has_is_a_quick_400_that_quotes_nothing(node, shape, data, binary):
+    tensor = {"name": "input__0", "shape": shape, "datatype": "FP32"}
+    extra = b""
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 4 * len(data)}
+        extra = b"\0" * 4 * len(data)
+    else:
+        tensor["data"] = data
+    body = json.dumps({"inputs": [tensor]}).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(body))}
+    started = time.monotonic()
+
+    status, answer = request(node.url, "POST", "/v2/models/mlp/infer", body + extra, headers)
+
+    assert status == 400, answer
+    assert time.monotonic() - started < DEADLINE
+    assert "shape" in answer["error"]
+    assert len(answer["error"]) < 200
+
+
+@pytest.mark.parametrize("where", ["inputs", "outputs"])
+@pytest.mark.parametrize("suffix", ["²", "0" * 5000])
+def test_a_v2_tensor_name_that_is_no_position_is_a_400(node, where, suffix):
+    """ "input__²" passed `isdigit` and failed `int` (a 500); 5,000 digits passed Python's limit for `int`
+    (a 400 blaming the model's output)."""
+    tensor = {"name": "input__0", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
+    body = {"inputs": [tensor]}
+    if where == "inputs":
+        tensor["name"] = "input__" + suffix
+    else:
+        body["outputs"] = [{"name": "output__" + suffix}]
+
+    status, answer = request(node.url, "POST", "/v2/models/mlp/infer", body)
+
+    assert status == 400, answer
+    assert "output cannot be answered" not in answer["error"]
