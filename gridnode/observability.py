@@ -249,8 +249,14 @@ class RequestObservabilityMiddleware:
         return response
 
 
+# The line breaks JSON leaves unescaped in strings but that Python's str.splitlines (and other tools) split
+# lines at: a path with U+2028 in it made one request's log line seven lines to them.
+_UNICODE_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class JsonLineFormatter(logging.Formatter):
-    """A log record as one JSON object per line: time, level, logger, message and the record's fields."""
+    """A log record as one JSON object per line, for every reader's idea of a line: time, level, logger,
+    message and the record's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -264,4 +270,4 @@ class JsonLineFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return orjson.dumps(line, default=str).decode().translate(_UNICODE_LINE_BREAKS)

@@ -117,3 +117,20 @@ def test_the_configured_handler_writes_json_lines_apart_from_other_logs():
     assert REQUEST_LOG.level == logging.NOTSET  # the level comes from the root, i.e. GRIDNODE_LOG_LEVEL
     # (pytest's own capture handlers may sit beside the node's.)
     assert JsonLineFormatter in {type(handler.formatter) for handler in REQUEST_LOG.handlers}
+
+
+def test_a_path_with_unicode_line_breaks_is_one_line_to_every_reader(api, root_level):
+    """JSON leaves U+2028, U+2029 and NEL unescaped in strings; str.splitlines (and other tools) break lines
+    at them: a request for /model/a%E2%80%A8%C2%85%E2%80%A9b made its log line seven (found by a stranger)."""
+    root_level(logging.INFO)
+    handler = KeepRecords()
+    REQUEST_LOG.addHandler(handler)
+    try:
+        api.post("/model/a%E2%80%A8%C2%85%E2%80%A9b", {"data": X}, format="json")
+    finally:
+        REQUEST_LOG.removeHandler(handler)
+
+    [record] = handler.records
+    written = JsonLineFormatter().format(record)
+    assert len(written.splitlines()) == 1
+    assert json.loads(written)["path"] == "/model/a\u2028\x85\u2029b"
