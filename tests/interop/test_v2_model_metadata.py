@@ -81,3 +81,12 @@ def test_a_private_models_metadata_is_403(api, serve, mlp_plan):
 
     assert response.status_code == 403
     assert response.json() == {"error": "You're not allowed to run inference on this model."}
+
+
+def test_metadata_past_the_answer_cap_is_refused_as_any_answer_is(api, mlp_models, settings):
+    settings.GRIDNODE_MAX_ANSWER_BYTES = 100  # the jit model's metadata takes 194 bytes
+
+    response = api.get("/v2/models/mlp-jit")
+
+    assert response.status_code == 422
+    assert "GRIDNODE_MAX_ANSWER_BYTES" in response.json()["error"]
