@@ -75,7 +75,7 @@ start_node
 until [[ $(infer 2>/dev/null) == 200 ]]; do sleep 0.02; done
 echo "cold_start_s=$(.venv/bin/python -c "print(round($(date +%s.%N) - $begin, 2))")  (process start to first served inference)"
 
-echo "node: $(grep -m1 -o 'Using worker: .*' "$work/gunicorn.log"), $(grep -c 'Booting worker' "$work/gunicorn.log") workers"
+echo "node: $(grep -m1 -o 'Using worker: [^"]*' "$work/gunicorn.log"), $(grep -c 'Booting worker' "$work/gunicorn.log") workers"
 if [[ $model == cnn ]]; then
   .venv/bin/python "$shared/limit.py" "$work/cnn.pt" "$work/$body"
   export PEER_MODEL=cnn OMP_NUM_THREADS=1  # for TorchServe only: the node is already running

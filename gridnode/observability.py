@@ -13,10 +13,8 @@ over all workers, whichever worker serves the scrape. Without it, each worker an
 import logging
 import os
 import threading
-from datetime import UTC, datetime
 from time import perf_counter
 
-import orjson
 from django.apps import apps
 from django.http import HttpResponse
 from prometheus_client import (
@@ -247,27 +245,3 @@ class RequestObservabilityMiddleware:
         except Exception:  # telemetry never fails a request that was answered
             logger.exception("recording request metrics failed")
         return response
-
-
-# The line breaks JSON leaves unescaped in strings but that Python's str.splitlines (and other tools) split
-# lines at: a path with U+2028 in it made one request's log line seven lines to them.
-_UNICODE_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
-class JsonLineFormatter(logging.Formatter):
-    """A log record as one JSON object per line, for every reader's idea of a line: time, level, logger,
-    message and the record's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode().translate(_UNICODE_LINE_BREAKS)

@@ -288,7 +288,7 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "gridnode.observability.JsonLineFormatter"}},
+    "formatters": {"json": {"()": "gridnode.jsonlog.JsonLineFormatter"}},
     "handlers": {
         # Every line the node writes is one JSON object: text from requests and models (a warning with a
         # newline, an exception message) stays inside its own line's string.

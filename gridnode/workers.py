@@ -1,6 +1,25 @@
 """The gunicorn worker the node runs (gunicorn.conf.py: worker_class)."""
 
+import json
+
+from gunicorn import util
 from gunicorn.workers import gthread
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, header or chunk), as JSON like
+    every other error of the node. gunicorn's own answer is an HTML page quoting the request (`mesg`); this
+    one says only what the status says, and the request goes to the log, inside one JSON line."""
+    body = json.dumps({"error": f"The request could not be read as HTTP ({status_int} {reason})."}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers answer through util.write_error; the node's only worker class is this module's.
+util.write_error = write_json_error
 
 
 class ThreadWorker(gthread.ThreadWorker):

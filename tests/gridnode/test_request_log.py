@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gridnode.observability import JsonLineFormatter
+from gridnode.jsonlog import JsonLineFormatter
 from models_app import services
 from tests.conftest import X
 

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from gridnode.observability import JsonLineFormatter
+from gridnode.jsonlog import JsonLineFormatter
 from tests.security.conftest import assert_refused, stored_state, through_the_wsgi_stack
 
 pytestmark = pytest.mark.django_db

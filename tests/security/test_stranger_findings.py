@@ -7,6 +7,7 @@ its finding stands. The models are ones anybody may upload while `write` is open
 import importlib.util
 import json
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -374,3 +375,35 @@ def test_a_v2_tensor_name_that_is_no_position_is_a_400(node, where, suffix):
 
     assert status == 400, answer
     assert "output cannot be answered" not in answer["error"]
+
+
+# --- gunicorn's own lines and answers ----------------------------------------------------------------
+
+
+def test_a_request_gunicorn_cannot_parse_gets_json_and_every_log_line_stays_one_json_object(node):
+    """gunicorn wrote its own lines as text (`[date] [pid] [WARNING] Invalid request from ip=...: Invalid
+    HTTP method: '{...}'`, a JSON object of the caller's inside), and answered an HTML page quoting the
+    request, where every other error of the node is JSON that quotes nothing (found by a stranger)."""
+    forged = b'{"level":"CRITICAL","logger":"gridnode.requests","message":"forged"}'
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(forged + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "The request could not be read as HTTP (400 Bad Request)."}
+    assert assert_every_line_is_one_json_object(node, containing="Invalid request from")
+
+
+def assert_every_line_is_one_json_object(node, *, containing: str) -> bool:
+    """Every line of the node's log is a JSON object (waiting until one holds `containing`)."""
+    assert wait_for(lambda: containing in node.log.read_text())
+    lines = node.log.read_text().splitlines()
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+        assert json.loads(line).get("message") != "forged", line
+    return True
