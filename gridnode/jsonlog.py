@@ -4,6 +4,7 @@ Free of Django, so gunicorn's master can format its own lines with it before Dja
 """
 
 import logging
+import logging.config
 from datetime import UTC, datetime
 
 import orjson
@@ -30,3 +31,11 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode().translate(_UNICODE_LINE_BREAKS)
+
+
+def configure_logging(logging_settings: dict) -> None:
+    """Django's LOGGING_CONFIG: the settings' dictConfig, and Python's warnings as log records (logger
+    `py.warnings`), so a library's warning is a JSON line too. Printed as Python prints them, torch's
+    warning about a TorchScript archive sent as a dataset was two bare text lines in the node's log."""
+    logging.config.dictConfig(logging_settings)
+    logging.captureWarnings(True)

@@ -285,6 +285,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "gridnode.schema.add_plain_views"],
 }
 
+LOGGING_CONFIG = "gridnode.jsonlog.configure_logging"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

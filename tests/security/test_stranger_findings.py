@@ -4,6 +4,7 @@ Every test here starts a gunicorn node as operators do (tests/security/hostile.p
 its finding stands. The models are ones anybody may upload while `write` is open (the default).
 """
 
+import base64
 import importlib.util
 import json
 import os
@@ -407,3 +408,15 @@ def assert_every_line_is_one_json_object(node, *, containing: str) -> bool:
         assert isinstance(json.loads(line), dict), line
         assert json.loads(line).get("message") != "forged", line
     return True
+
+
+def test_a_librarys_warning_is_a_json_line_too(node):
+    """torch warns when a TorchScript archive is loaded as a tensor file; Python printed the warning as two
+    bare text lines into the node's log, beside its JSON ones (found by a stranger)."""
+    archive = jit_bytes(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval())
+    body = {"id": "warns", "tags": ["t"], "encoding": "base64", "data": base64.b64encode(archive).decode()}
+
+    status, answer = request(node.url, "POST", "/datasets", body)
+
+    assert status == 400, answer
+    assert assert_every_line_is_one_json_object(node, containing='"logger":"py.warnings"')
