@@ -40,10 +40,6 @@ accesslog = os.environ.get("GRIDNODE_ACCESS_LOG") or None
 # The client address nginx forwarded ("-" when none, or when the peer is not trusted), then the peer's
 # (empty on a Unix socket), then gunicorn's default fields.
 access_log_format = '%({x-forwarded-for}i)s %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-# gunicorn's default maps a `SCRIPT_NAME` (and `PATH_INFO`) header from any peer in forwarded_allow_ips
-# (loopback included) onto the WSGI environ: `SCRIPT_NAME: /x` served `/x/models` as `/models` and
-# answered gunicorn's own 500 page on a mismatch. No proxy of ours sends them, so none is honoured;
-# with header_map's default ("drop") such headers are dropped.
 # gunicorn's own lines (its start, its workers, a request it could not parse, which quotes the request) as
 # the node's other lines are: one JSON object each, written to standard error. The access log, when
 # GRIDNODE_ACCESS_LOG asks for one, keeps its own format and file.
@@ -55,6 +51,10 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["json"]},
     "loggers": {"gunicorn.error": {"handlers": ["json"], "propagate": False}},
 }
+# gunicorn's default maps a `SCRIPT_NAME` (and `PATH_INFO`) header from any peer in forwarded_allow_ips
+# (loopback included) onto the WSGI environ: `SCRIPT_NAME: /x` served `/x/models` as `/models` and
+# answered gunicorn's own 500 page on a mismatch. No proxy of ours sends them, so none is honoured;
+# with header_map's default ("drop") such headers are dropped.
 forwarder_headers = ""
 # X-Forwarded-* are trusted from the peers gunicorn trusts (FORWARDED_ALLOW_IPS, default loopback; a Unix
 # socket's peer always): from anyone else pre_request drops them, so whatever reads them (the access log's

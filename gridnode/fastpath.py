@@ -3,9 +3,9 @@
 A fast path answers a few requests whose every rule it can follow itself (models_app: JSON inference;
 smpc_app: the workers' round exchanges), and hands every other request to Django unchanged. What they
 all do is written here once: which requests they may take at all (a POST to their paths, no query string,
-no cookie, a host Django would accept, a Content-Length, no token to check), reading and putting back the body,
-Django's request signals (database connections), the answer's headers, and the request's metrics and log
-line. A subclass says which paths it serves and answers.
+no cookie, a host Django would accept, a Content-Length, no token to check), reading and putting back the
+body, Django's request signals (database connections), the answer's headers, and the request's metrics and
+log line. A subclass says which paths it serves and answers.
 
 A fast path skips Django's middleware and DRF's authentication and permission classes, so it follows
 them by hand: FOLLOWS is what it was written against, and tests/gridnode/test_fastpath_follows.py fails,
