@@ -151,12 +151,13 @@ def _datatype(value, spec: TensorSpec) -> Datatype:
     return datatype
 
 
-# What a tensor's shape may be: numpy's most dimensions, and at most 2**60 elements (counting the non-zero
-# sizes, so an empty tensor cannot declare sizes no array has). Unbounded, 100,000 dimensions of 2**63 - 1
-# took `math.prod` 35 s in an inference process (past its deadline) for a 2 MB request, and shapes numpy or
-# torch cannot make failed inside the node (500s).
+# What a tensor's shape may be: numpy's most dimensions, and at most 2**56 elements (counting the non-zero
+# sizes, so an empty tensor cannot declare sizes no array has; numpy refuses (0, 2**60) of FP64, whose bytes
+# would pass 2**63). Unbounded, 100,000 dimensions of 2**63 - 1 took `math.prod` 35 s in an inference
+# process (past its deadline) for a 2 MB request, and shapes numpy or torch cannot make failed inside the
+# node (500s).
 MAX_DIMENSIONS = 64
-MAX_ELEMENTS = 2**60
+MAX_ELEMENTS = 2**56
 
 
 def _shape(value, spec: TensorSpec) -> tuple[int, ...]:

@@ -335,17 +335,18 @@ HUGE = 2**63 - 1
         ([0, 2**64 - 1], []),  # numpy: "Maximum allowed dimension exceeded", a 500
         ([0, HUGE, HUGE], []),  # numpy: "array is too big", a 500
         ([1] * 100, [1]),  # numpy makes at most 64 dimensions, a 500
+        ([0, 2**60], []),  # numpy: 2**60 FP64 take more than 2**63 bytes, a 500
         ([0] * 300_000, [1]),  # the error quoted the whole shape back
     ],
-    ids=["100k-huge-dims", "1k-huge-dims", "2**64", "empty-but-huge", "100-dims", "300k-zeros"],
+    ids=["100k-huge-dims", "1k-huge-dims", "2**64", "empty-but-huge", "100-dims", "2**60-fp64", "300k-zeros"],
 )
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_a_v2_shape_that_no_tensor_has_is_a_quick_400_that_quotes_nothing(node, shape, data, binary):
-    tensor = {"name": "input__0", "shape": shape, "datatype": "FP32"}
+    tensor = {"name": "input__0", "shape": shape, "datatype": "FP64"}
     extra = b""
     if binary:
-        tensor["parameters"] = {"binary_data_size": 4 * len(data)}
-        extra = b"\0" * 4 * len(data)
+        tensor["parameters"] = {"binary_data_size": 8 * len(data)}
+        extra = b"\0" * 8 * len(data)
     else:
         tensor["data"] = data
     body = json.dumps({"inputs": [tensor]}).encode()
