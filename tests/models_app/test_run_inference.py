@@ -6,6 +6,8 @@ import io
 import pytest
 import torch
 
+from gridnode.cache import ArchiveCache
+from models_app import executor, executor_pool
 from tests.api_cases import PathIdRuleCases, UnknownIdCases
 from tests.conftest import TwoInputs, small_mlp
 from tests.models_app.helpers import HostedModelCases
@@ -213,9 +215,6 @@ def test_two_inputs_module_is_well_formed():
 def test_an_error_frame_carries_no_more_text_than_a_web_process_passes_on():
     """An error quoting 3 MB of what the caller sent made a frame header past the 1 MiB a web process reads:
     the caller got 500 "The model stopped the process that ran it", though nothing had stopped."""
-    from gridnode.cache import ArchiveCache
-    from models_app import executor, executor_pool
-
     stats = {"cache_hit": False, "evictions": 0, "runs": 0}
     frame = executor_pool._error_frame(400, "x" * 3_000_000, {}, stats, ArchiveCache(1))
 

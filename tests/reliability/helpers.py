@@ -137,6 +137,16 @@ def files_in(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
+def wait_for(condition, within: float = 10.0) -> bool:
+    """Whether `condition()` came true within `within` seconds (asked every 50 ms)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def eventually_empty(folder: Path, within: float = 10.0) -> list[str]:
     """The files left under `folder` once it empties or `within` seconds pass (a request's clean-up runs
     just after its answer is sent)."""

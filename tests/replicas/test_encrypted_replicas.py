@@ -8,13 +8,12 @@ replica, party 0's exchanges go to the other: every exchange crosses replicas. N
 SeaweedFS and Redis (tests/replicas/conftest.py); skipped without them, as the other replica tests are.
 """
 
-import time
-
 import pytest
 import torch
 from torch import nn
 
 from gridclient.encrypted import EncryptedInferenceFailed, host_encrypted_model, run_encrypted_inference
+from tests.reliability.helpers import wait_for
 from tests.replicas.conftest import NEEDS_POSTGRESQL
 
 pytestmark = NEEDS_POSTGRESQL
@@ -52,9 +51,7 @@ def test_an_encrypted_inference_succeeds_with_its_exchanges_spread_over_both_rep
         assert torch.equal(result.output.argmax(dim=1), expected.argmax(dim=1))
 
     # nginx writes a request's access-log line once its answer is sent: the last may still be on its way.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(len(w.served_by("/inference")) < INFERENCES for w in (worker0, worker1)):
-        time.sleep(0.05)
+    wait_for(lambda: all(len(worker.served_by("/inference")) >= INFERENCES for worker in (worker0, worker1)))
     # Each worker's inference requests, and worker 1's exchanges, went to both of its replicas...
     for worker in (worker0, worker1):
         assert len(set(worker.served_by("/inference"))) == 2, worker.served_by("/inference")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import jit_bytes
-from tests.reliability.helpers import request
+from tests.reliability.helpers import request, wait_for
 from tests.security.hostile import Allocates, Answers, GunicornNode, ShowsTheGenerator, descendants
 
 DEADLINE = 3  # GRIDNODE_INFERENCE_TIMEOUT of the node under test
@@ -313,15 +313,6 @@ def test_every_inference_draws_afresh_whatever_earlier_callers_drew(capped_node)
     assert seen[0] != seen[1], "the same victim gave the attacker the same answer twice"
 
 
-def wait_for(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # --- A v2 shape that no tensor has -------------------------------------------------------------------
 
 HUGE = 2**63 - 1
@@ -398,17 +389,16 @@ def test_a_request_gunicorn_cannot_parse_gets_json_and_every_log_line_stays_one_
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"Content-Type: application/json" in head
     assert json.loads(body) == {"error": "The request could not be read as HTTP (400 Bad Request)."}
-    assert assert_every_line_is_one_json_object(node, containing="Invalid request from")
+    assert_every_line_is_one_json_object(node, containing="Invalid request from")
 
 
-def assert_every_line_is_one_json_object(node, *, containing: str) -> bool:
-    """Every line of the node's log is a JSON object (waiting until one holds `containing`)."""
+def assert_every_line_is_one_json_object(node, *, containing: str) -> None:
+    """Every line of the node's log is a JSON object of the node's (waiting until one holds `containing`)."""
     assert wait_for(lambda: containing in node.log.read_text())
-    lines = node.log.read_text().splitlines()
-    for line in lines:
-        assert isinstance(json.loads(line), dict), line
-        assert json.loads(line).get("message") != "forged", line
-    return True
+    for line in node.log.read_text().splitlines():
+        parsed = json.loads(line)
+        assert isinstance(parsed, dict), line
+        assert parsed.get("message") != "forged", line
 
 
 def test_a_librarys_warning_is_a_json_line_too(node):
@@ -420,4 +410,4 @@ def test_a_librarys_warning_is_a_json_line_too(node):
     status, answer = request(node.url, "POST", "/datasets", body)
 
     assert status == 400, answer
-    assert assert_every_line_is_one_json_object(node, containing='"logger":"py.warnings"')
+    assert_every_line_is_one_json_object(node, containing='"logger":"py.warnings"')
